@@ -1,0 +1,142 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dm-loop in debugfs: one directory per target instance,
+ * /sys/kernel/debug/dm-loop/dm-<minor>-<start>-<id>/, holding the extent
+ * table, the device's figures, and its current name and number.  The
+ * formats are documented in dm-loop.rst and are a stable interface.
+ */
+#include <linux/debugfs.h>
+#include <linux/seq_file.h>
+#include <linux/slab.h>
+
+#include "dm-loop.h"
+
+static struct dentry *loop_debugfs_root;
+
+static void *loop_extents_start(struct seq_file *m, loff_t *pos)
+{
+	struct loop_c *lc = m->private;
+
+	if (*pos == 0)
+		return SEQ_START_TOKEN;
+	return *pos <= lc->nr_extents ? &lc->extents[*pos - 1] : NULL;
+}
+
+static void *loop_extents_next(struct seq_file *m, void *v, loff_t *pos)
+{
+	++*pos;
+	return loop_extents_start(m, pos);
+}
+
+static void loop_extents_stop(struct seq_file *m, void *v)
+{
+}
+
+static int loop_extents_show(struct seq_file *m, void *v)
+{
+	struct loop_c *lc = m->private;
+	const struct loop_extent *e = v;
+
+	if (v == SEQ_START_TOKEN) {
+		seq_printf(m, "# dm-loop extents v1\n# host %u:%u extents %u\n"
+			   "# index dev_sector sectors host_sector\n",
+			   MAJOR(lc->host_dev), MINOR(lc->host_dev), lc->nr_extents);
+		return 0;
+	}
+	seq_printf(m, "%td %llu %llu %llu\n", e - lc->extents,
+		   (unsigned long long)e->dev_sector, (unsigned long long)e->len,
+		   (unsigned long long)e->host_sector);
+	return 0;
+}
+
+static const struct seq_operations loop_extents_sops = {
+	.start	= loop_extents_start,
+	.next	= loop_extents_next,
+	.stop	= loop_extents_stop,
+	.show	= loop_extents_show,
+};
+
+static int loop_extents_open(struct inode *inode, struct file *file)
+{
+	int r = seq_open(file, &loop_extents_sops);
+
+	if (!r)
+		((struct seq_file *)file->private_data)->private = inode->i_private;
+	return r;
+}
+
+static const struct file_operations loop_extents_fops = {
+	.owner		= THIS_MODULE,
+	.open		= loop_extents_open,
+	.read		= seq_read,
+	.llseek		= seq_lseek,
+	.release	= seq_release,
+};
+
+static int loop_info_show(struct seq_file *m, void *v)
+{
+	struct loop_c *lc = m->private;
+	size_t size = PATH_MAX + 1024;
+	char *buf = kmalloc(size, GFP_KERNEL);
+
+	if (!buf)
+		return -ENOMEM;
+	loop_format_info(lc, buf, size);
+	seq_puts(m, buf);
+	kfree(buf);
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(loop_info);
+
+/* Read at read time, so that a rename shows at once. */
+static int loop_name_show(struct seq_file *m, void *v)
+{
+	struct loop_c *lc = m->private;
+
+	seq_printf(m, "%s\n", dm_device_name(lc->md));
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(loop_name);
+
+static int loop_dev_show(struct seq_file *m, void *v)
+{
+	struct loop_c *lc = m->private;
+	dev_t devt = disk_devt(dm_disk(lc->md));
+
+	seq_printf(m, "%u:%u\n", MAJOR(devt), MINOR(devt));
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(loop_dev);
+
+void loop_debugfs_add(struct loop_c *lc)
+{
+	char name[64];
+
+	if (IS_ERR_OR_NULL(loop_debugfs_root))
+		return;
+	snprintf(name, sizeof(name), "dm-%u-%llu-%u",
+		 MINOR(disk_devt(dm_disk(lc->md))),
+		 (unsigned long long)lc->ti->begin, lc->id);
+	lc->debugfs_dir = debugfs_create_dir(name, loop_debugfs_root);
+	debugfs_create_file("extents", 0444, lc->debugfs_dir, lc, &loop_extents_fops);
+	debugfs_create_file("info", 0444, lc->debugfs_dir, lc, &loop_info_fops);
+	debugfs_create_file("name", 0444, lc->debugfs_dir, lc, &loop_name_fops);
+	debugfs_create_file("dev", 0444, lc->debugfs_dir, lc, &loop_dev_fops);
+}
+
+/* debugfs_remove() waits for readers still inside our files. */
+void loop_debugfs_remove(struct loop_c *lc)
+{
+	debugfs_remove(lc->debugfs_dir);
+	lc->debugfs_dir = NULL;
+}
+
+void loop_debugfs_init(void)
+{
+	loop_debugfs_root = debugfs_create_dir("dm-loop", NULL);
+}
+
+void loop_debugfs_exit(void)
+{
+	debugfs_remove(loop_debugfs_root);
+}

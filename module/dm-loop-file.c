@@ -1,0 +1,240 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dm-loop file mode: each bio is handed to a worker that does the I/O
+ * through the VFS, direct where the filesystem and alignment allow it,
+ * buffered otherwise.
+ *
+ * Memory pressure: the worker never lets an allocation recurse into the
+ * filesystem or block layer (PF_MEMALLOC_NOIO, and the backing mapping's gfp
+ * mask without __GFP_IO | __GFP_FS), throttles only against the backing
+ * device (PF_LOCAL_THROTTLE), and runs on a WQ_MEM_RECLAIM workqueue so a
+ * rescuer guarantees progress: the lessons of drivers/block/loop.c.
+ */
+#include <linux/bio.h>
+#include <linux/blkdev.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <linux/sched/mm.h>
+#include <linux/uio.h>
+#include <linux/workqueue.h>
+
+#include "dm-loop.h"
+#include "compat.h"
+
+/* One workqueue for all devices: a rescuer thread per device does not scale. */
+static struct workqueue_struct *loop_file_wq;
+
+static bool loop_bio_dio_aligned(struct loop_c *lc, struct bio *bio, loff_t pos)
+{
+	unsigned int mask = lc->dio_align - 1;
+	struct bvec_iter iter;
+	struct bio_vec bv;
+
+	if ((pos | bio->bi_iter.bi_size) & mask)
+		return false;
+	bio_for_each_bvec(bv, bio, iter)
+		if ((bv.bv_offset | bv.bv_len) & mask)
+			return false;
+	return true;
+}
+
+/* The bio's data as an iov_iter, without copying or allocating (lo_rw_aio). */
+static void loop_bio_iter(struct bio *bio, unsigned int dir, struct iov_iter *iter)
+{
+	struct bvec_iter it;
+	struct bio_vec bv;
+	unsigned long nr = 0;
+
+	bio_for_each_bvec(bv, bio, it)
+		nr++;
+	iov_iter_bvec(iter, dir, __bvec_iter_bvec(bio->bi_io_vec, bio->bi_iter),
+		      nr, bio->bi_iter.bi_size);
+	iter->iov_offset = bio->bi_iter.bi_bvec_done;
+}
+
+static ssize_t loop_file_direct(struct loop_c *lc, unsigned int dir,
+				struct iov_iter *iter, loff_t pos)
+{
+	struct file *file = lc->file;
+	struct kiocb kiocb;
+	ssize_t ret;
+
+	init_sync_kiocb(&kiocb, file);
+	kiocb.ki_pos = pos;
+	kiocb.ki_flags |= IOCB_DIRECT;
+	if (dir == ITER_DEST)
+		return file->f_op->read_iter(&kiocb, iter);
+
+	file_start_write(file);
+	ret = file->f_op->write_iter(&kiocb, iter);
+	file_end_write(file);
+	return ret;
+}
+
+static blk_status_t loop_file_rw(struct loop_c *lc, struct bio *bio)
+{
+	unsigned int dir = op_is_write(bio_op(bio)) ? ITER_SOURCE : ITER_DEST;
+	unsigned int size = bio->bi_iter.bi_size;
+	loff_t pos = lc->offset +
+		((loff_t)dm_target_offset(lc->ti, bio->bi_iter.bi_sector) << SECTOR_SHIFT);
+	struct iov_iter iter;
+	ssize_t ret;
+
+	loop_bio_iter(bio, dir, &iter);
+	if (lc->use_dio && loop_bio_dio_aligned(lc, bio, pos)) {
+		loop_stat_inc(lc, direct_ios);
+		ret = loop_file_direct(lc, dir, &iter, pos);
+	} else {
+		loff_t ppos = pos;
+
+		loop_stat_inc(lc, buffered_ios);
+		if (dir == ITER_DEST)
+			ret = vfs_iter_read(lc->file, &iter, &ppos, 0);
+		else
+			ret = dmloop_vfs_iter_write(lc->file, &iter, &ppos);
+	}
+	if (ret < 0)
+		return errno_to_blk_status(ret);
+
+	if (dir == ITER_DEST) {
+		/* The file shrank under us: what lies past its end reads as zeros. */
+		if (ret < size) {
+			bio_advance(bio, ret);
+			zero_fill_bio(bio);
+		}
+		return BLK_STS_OK;
+	}
+	if (ret < size)
+		return BLK_STS_IOERR;
+	if (bio->bi_opf & REQ_FUA) {
+		ret = vfs_fsync_range(lc->file, pos, pos + size - 1, 1);
+		if (ret)
+			return errno_to_blk_status(ret);
+	}
+	return BLK_STS_OK;
+}
+
+static blk_status_t loop_file_fallocate(struct loop_c *lc, struct bio *bio, int mode)
+{
+	loff_t pos = lc->offset +
+		((loff_t)dm_target_offset(lc->ti, bio->bi_iter.bi_sector) << SECTOR_SHIFT);
+	int r;
+
+	r = vfs_fallocate(lc->file, mode | FALLOC_FL_KEEP_SIZE, pos, bio->bi_iter.bi_size);
+	if (r == -EOPNOTSUPP && (mode & FALLOC_FL_ZERO_RANGE))
+		r = vfs_fallocate(lc->file, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				  pos, bio->bi_iter.bi_size);
+	/* Unsupported: the block layer then writes zeroes itself. */
+	return errno_to_blk_status(r);
+}
+
+static blk_status_t loop_file_do(struct loop_c *lc, struct bio *bio)
+{
+	switch (bio_op(bio)) {
+	case REQ_OP_READ:
+		loop_stat_inc(lc, reads);
+		return loop_file_rw(lc, bio);
+	case REQ_OP_WRITE:
+		if (!bio_sectors(bio)) {
+			loop_stat_inc(lc, flushes);
+			return errno_to_blk_status(vfs_fsync(lc->file, 0));
+		}
+		loop_stat_inc(lc, writes);
+		return loop_file_rw(lc, bio);
+	case REQ_OP_DISCARD:
+		loop_stat_inc(lc, discards);
+		return loop_file_fallocate(lc, bio, FALLOC_FL_PUNCH_HOLE);
+	case REQ_OP_WRITE_ZEROES:
+		loop_stat_inc(lc, discards);
+		return loop_file_fallocate(lc, bio, bio->bi_opf & REQ_NOUNMAP ?
+					   FALLOC_FL_ZERO_RANGE : FALLOC_FL_PUNCH_HOLE);
+	default:
+		return BLK_STS_NOTSUPP;
+	}
+}
+
+static void loop_file_work(struct work_struct *work)
+{
+	struct loop_io *io = container_of(work, struct loop_io, work);
+	struct bio *bio = dm_bio_from_per_bio_data(io, sizeof(*io));
+	struct loop_c *lc = io->lc;
+	unsigned int throttle = current->flags & PF_LOCAL_THROTTLE;
+	unsigned int noio = memalloc_noio_save();
+
+	current->flags |= PF_LOCAL_THROTTLE;
+	bio->bi_status = loop_file_do(lc, bio);
+	current->flags = (current->flags & ~PF_LOCAL_THROTTLE) | throttle;
+	memalloc_noio_restore(noio);
+
+	if (bio->bi_status && bio->bi_status != BLK_STS_NOTSUPP)
+		loop_stat_inc(lc, errors);
+	bio_endio(bio);
+
+	/* Under the lock: the destructor may free lc as soon as it sees 0. */
+	spin_lock_irq(&lc->drain.lock);
+	if (!--lc->inflight)
+		wake_up_locked(&lc->drain);
+	spin_unlock_irq(&lc->drain.lock);
+}
+
+int loop_file_map(struct dm_target *ti, struct bio *bio)
+{
+	struct loop_c *lc = ti->private;
+	struct loop_io *io = dm_per_bio_data(bio, sizeof(*io));
+	unsigned long flags;
+
+	io->lc = lc;
+	INIT_WORK(&io->work, loop_file_work);
+	spin_lock_irqsave(&lc->drain.lock, flags);
+	lc->inflight++;
+	spin_unlock_irqrestore(&lc->drain.lock, flags);
+	queue_work(loop_file_wq, &io->work);
+	return DM_MAPIO_SUBMITTED;
+}
+
+int loop_file_setup(struct loop_c *lc)
+{
+	struct dm_target *ti = lc->ti;
+	struct super_block *sb = file_inode(lc->file)->i_sb;
+	int r;
+
+	r = loop_inode_use(lc);
+	if (r)
+		return r;
+
+	lc->dio_align = sb->s_bdev ? bdev_logical_block_size(sb->s_bdev) : SECTOR_SIZE;
+	lc->use_dio = !(lc->opts & LOOP_OPT_NO_DIRECT_IO) &&
+		      (lc->file->f_mode & FMODE_CAN_ODIRECT) &&
+		      !(lc->offset & (lc->dio_align - 1));
+
+	ti->per_io_data_size = sizeof(struct loop_io);
+	ti->num_flush_bios = 1;
+	ti->flush_supported = true;
+	ti->limit_swap_bios = true;
+	if (!lc->read_only) {
+		ti->num_discard_bios = 1;
+		ti->num_write_zeroes_bios = 1;
+		ti->discards_supported = true;
+	}
+	return 0;
+}
+
+/* The destructor runs with no I/O left in dm, but our workers may still run. */
+void loop_file_teardown(struct loop_c *lc)
+{
+	spin_lock_irq(&lc->drain.lock);
+	wait_event_lock_irq(lc->drain, !lc->inflight, lc->drain.lock);
+	spin_unlock_irq(&lc->drain.lock);
+	loop_inode_unuse(lc);
+}
+
+int loop_file_init(void)
+{
+	loop_file_wq = alloc_workqueue("dm-loop", WQ_MEM_RECLAIM | WQ_UNBOUND, 0);
+	return loop_file_wq ? 0 : -ENOMEM;
+}
+
+void loop_file_exit(void)
+{
+	destroy_workqueue(loop_file_wq);
+}

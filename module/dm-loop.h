@@ -1,0 +1,137 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * dm-loop: a device-mapper target over a regular file.
+ *
+ * Block mode remaps bios straight to the host block device through a table
+ * of extents read once with bmap(); file mode does the I/O through the VFS
+ * in a worker.  See dm-loop.rst for the user's view.
+ */
+#ifndef DM_LOOP_H
+#define DM_LOOP_H
+
+#include <linux/bits.h>
+#include <linux/device-mapper.h>
+#include <linux/fs.h>
+#include <linux/percpu.h>
+#include <linux/wait.h>
+
+#define DM_MSG_PREFIX "loop"
+#define DM_LOOP_VERSION "1.0.0"
+
+enum loop_mode {
+	LOOP_MODE_BLOCK,
+	LOOP_MODE_FILE,
+};
+
+/* Why a device is in file mode; see loop_reason_names[] for the tokens. */
+enum loop_reason {
+	LOOP_REASON_NONE,
+	LOOP_REASON_FORCED,
+	LOOP_REASON_NO_BDEV,
+	LOOP_REASON_NO_BMAP,
+	LOOP_REASON_FS_NOT_ALLOWED,
+	LOOP_REASON_ENCRYPTED,
+	LOOP_REASON_DAX,
+	LOOP_REASON_UNALIGNED_OFFSET,
+	LOOP_REASON_UNMAPPED,
+	LOOP_REASON_MAX,
+};
+
+/* Optional table arguments. */
+#define LOOP_OPT_REQUIRE_BLOCK	BIT(0)
+#define LOOP_OPT_FORCE_FILE	BIT(1)
+#define LOOP_OPT_NO_DIRECT_IO	BIT(2)
+
+/* One run of contiguous sectors: device sectors are target-relative. */
+struct loop_extent {
+	sector_t dev_sector;
+	sector_t host_sector;
+	sector_t len;
+};
+
+struct loop_stats {
+	u64 reads;
+	u64 writes;
+	u64 flushes;
+	u64 discards;
+	u64 splits;
+	u64 direct_ios;
+	u64 buffered_ios;
+	u64 errors;
+};
+
+struct loop_c {
+	struct dm_target *ti;
+	struct mapped_device *md;
+	struct file *file;
+	char *path;
+	loff_t offset;
+	unsigned int opts;
+	bool read_only;
+
+	enum loop_mode mode;
+	enum loop_reason reason;
+	u64 unmapped_block;		/* LOOP_REASON_UNMAPPED: which block */
+	unsigned int block_size;	/* filesystem block size */
+	dev_t host_dev;			/* st_dev of the file */
+
+	/* block mode */
+	struct block_device *host_bdev;
+	struct dm_dev host_dm_dev;	/* for iterate_devices, never dm_get_device */
+	struct loop_extent *extents;
+	unsigned int nr_extents;
+	bool pinned;
+
+	/* file mode */
+	bool file_user;
+	bool use_dio;
+	unsigned int dio_align;
+	unsigned int inflight;		/* bios queued, under drain.lock */
+	wait_queue_head_t drain;
+
+	u64 setup_ns;
+	struct loop_stats __percpu *stats;
+	unsigned int id;
+	struct dentry *debugfs_dir;
+};
+
+/* Per-bio data of file mode: the work item and its device. */
+struct loop_io {
+	struct work_struct work;
+	struct loop_c *lc;
+};
+
+#define loop_stat_inc(lc, field) this_cpu_inc((lc)->stats->field)
+
+void loop_stats_sum(struct loop_c *lc, struct loop_stats *sum);
+const char *loop_mode_name(struct loop_c *lc);
+int loop_reason_format(struct loop_c *lc, char *buf, size_t size);
+size_t loop_table_bytes(struct loop_c *lc);
+
+/* dm-loop-block.c */
+int loop_block_setup(struct loop_c *lc);
+void loop_block_teardown(struct loop_c *lc);
+int loop_block_map(struct dm_target *ti, struct bio *bio);
+const struct loop_extent *loop_find_extent(struct loop_c *lc, sector_t sector);
+
+/* dm-loop-file.c */
+int loop_file_setup(struct loop_c *lc);
+void loop_file_teardown(struct loop_c *lc);
+int loop_file_map(struct dm_target *ti, struct bio *bio);
+int loop_file_init(void);
+void loop_file_exit(void);
+
+/* Registry of backing inodes, shared by both modes (dm-loop-target.c). */
+int loop_inode_pin(struct loop_c *lc);
+void loop_inode_unpin(struct loop_c *lc);
+int loop_inode_use(struct loop_c *lc);
+void loop_inode_unuse(struct loop_c *lc);
+
+/* dm-loop-debugfs.c */
+void loop_debugfs_init(void);
+void loop_debugfs_exit(void);
+void loop_debugfs_add(struct loop_c *lc);
+void loop_debugfs_remove(struct loop_c *lc);
+size_t loop_format_info(struct loop_c *lc, char *buf, size_t size);
+
+#endif /* DM_LOOP_H */
