@@ -47,7 +47,7 @@ static void dm_setup(void)
 }
 
 /* Does the kernel have device-mapper? -1 if /proc/misc cannot tell. */
-static int kernel_has_dm(void)
+int dm_kernel_available(void)
 {
 	char *misc = NULL;
 	int rc;
@@ -66,7 +66,7 @@ static int kernel_has_dm(void)
  */
 static int dm_available(const char *what, bool quiet)
 {
-	if (access("/dev/mapper/control", F_OK) == 0 || kernel_has_dm() != 0)
+	if (access("/dev/mapper/control", F_OK) == 0 || dm_kernel_available() != 0)
 		return 0;
 	if (!quiet)
 		error("%s: the kernel has no device-mapper driver "
@@ -76,7 +76,7 @@ static int dm_available(const char *what, bool quiet)
 
 static void report_dm_failure(const char *what)
 {
-	if (kernel_has_dm() == 0) {
+	if (dm_kernel_available() == 0) {
 		error("%s: the kernel has no device-mapper driver "
 		      "(modprobe dm_mod)%s%s", what,
 		      last_error[0] ? ": " : "", last_error);

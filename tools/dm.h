@@ -41,6 +41,9 @@ void dm_device_list_free(struct dm_device_list *l);
 int dm_find_by_name(const char *name, unsigned int *major, unsigned int *minor,
 		    bool quiet);
 
+/* 1 if the kernel has device-mapper, 0 if not, -1 if /proc/misc cannot tell. */
+int dm_kernel_available(void);
+
 /* The loop table's "<path> <offset> [...]", split; 0 or -1. */
 int dm_loop_params(const char *params, char **path, uint64_t *offset);
 

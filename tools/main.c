@@ -73,7 +73,8 @@ int main(int argc, char **argv)
 	size_t i;
 
 	if (argc < 2) {
-		usage(stderr);
+		error("no command given");
+		fprintf(stderr, "Try '" PROGNAME " --help'.\n");
 		return EXIT_ERROR;
 	}
 	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
@@ -85,9 +86,16 @@ int main(int argc, char **argv)
 		printf(PROGNAME " " DMLOOP_INSPECT_VERSION "\n");
 		return EXIT_OK;
 	}
-	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
-		if (!strcmp(argv[1], commands[i].name))
-			return commands[i].fn(argc - 1, argv + 1);
+	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+		char name[64];
+
+		if (strcmp(argv[1], commands[i].name))
+			continue;
+		/* getopt names argv[0] in its messages. */
+		snprintf(name, sizeof(name), PROGNAME " %s", commands[i].name);
+		argv[1] = name;
+		return commands[i].fn(argc - 1, argv + 1);
+	}
 	error("unknown command '%s'", argv[1]);
 	fprintf(stderr, "Try '" PROGNAME " --help'.\n");
 	return EXIT_ERROR;
