@@ -39,7 +39,7 @@ static char * const loop_require_block_errors[LOOP_REASON_MAX] = {
 	[LOOP_REASON_ENCRYPTED]		= "Block mode not possible: file is encrypted",
 	[LOOP_REASON_DAX]		= "Block mode not possible: file uses DAX",
 	[LOOP_REASON_UNALIGNED_OFFSET]	= "Block mode not possible: offset not block aligned",
-	[LOOP_REASON_UNMAPPED]		= "Block mode not possible: hole, unwritten or shared extent",
+	[LOOP_REASON_UNMAPPED]		= "Block mode not possible: hole, unwritten or shared block",
 };
 
 /* Filesystems whose ->bmap is known to return 0 for anything unsafe. */
@@ -316,12 +316,12 @@ size_t loop_format_info(struct loop_c *lc, char *buf, size_t size)
 	loop_stats_sum(lc, &st);
 	loop_reason_format(lc, reason, sizeof(reason));
 	n += scnprintf(buf + n, size - n,
-		       "version: %s\nmode: %s\nreason: %s\npath: %s\ninode: %lu\n"
+		       "version: %s\nmode: %s\nreason: %s\npath: %s\ninode: %llu\n"
 		       "host_dev: %u:%u\noffset: %lld\nfs_block_size: %u\n"
 		       "dev_sectors: %llu\nextents: %u\ntable_bytes: %zu\n"
 		       "setup_ns: %llu\n",
 		       DM_LOOP_VERSION, loop_mode_name(lc), reason, lc->path,
-		       inode->i_ino, MAJOR(lc->host_dev), MINOR(lc->host_dev),
+		       (unsigned long long)inode->i_ino, MAJOR(lc->host_dev), MINOR(lc->host_dev),
 		       lc->offset, lc->block_size,
 		       (unsigned long long)lc->ti->len, lc->nr_extents,
 		       loop_table_bytes(lc), lc->setup_ns);
@@ -700,14 +700,14 @@ static void loop_io_hints(struct dm_target *ti, struct queue_limits *limits)
 			      bdev_logical_block_size(lc->host_bdev));
 		limits->physical_block_size =
 			max(limits->physical_block_size, limits->logical_block_size);
-		blk_limits_io_min(limits, lc->block_size);
+		limits->io_min = max(limits->io_min, lc->block_size);
 		return;
 	}
 	limits->logical_block_size = max_t(unsigned int, limits->logical_block_size,
 					   lc->dio_align);
 	limits->physical_block_size = max(limits->physical_block_size,
 					  limits->logical_block_size);
-	blk_limits_io_min(limits, lc->block_size);
+	limits->io_min = max(limits->io_min, lc->block_size);
 	if (!lc->read_only)
 		dmloop_set_discard_limits(limits, lc->block_size);
 }
