@@ -437,7 +437,8 @@ int debugfs_instances(struct instance_list *out, bool quiet)
 	closedir(d);
 	free(top);
 
-	qsort(v, n, sizeof(*v), instance_cmp);
+	if (n > 1)
+		qsort(v, n, sizeof(*v), instance_cmp);
 	/* During a reload the old (live) table has the smaller id. */
 	out->v = v;
 	for (i = 0; i < n; i++) {

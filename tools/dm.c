@@ -208,7 +208,8 @@ int dm_list_devices(struct dm_device_list *out)
 	dm_task_destroy(dmt);
 	for (size_t i = 0; i < out->n; i++)
 		read_tables(&out->v[i]);
-	qsort(out->v, out->n, sizeof(*out->v), device_cmp);
+	if (out->n > 1)
+		qsort(out->v, out->n, sizeof(*out->v), device_cmp);
 	dm_lib_release();
 	return 0;
 }

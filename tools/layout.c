@@ -59,7 +59,8 @@ int layout_normalise(struct layout *l, const char *what)
 {
 	size_t i, out = 0;
 
-	qsort(l->ext, l->n, sizeof(*l->ext), extent_cmp);
+	if (l->n > 1)
+		qsort(l->ext, l->n, sizeof(*l->ext), extent_cmp);
 	for (i = 0; i < l->n; i++) {
 		struct extent *e = &l->ext[i];
 
