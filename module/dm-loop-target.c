@@ -39,7 +39,7 @@ static char * const loop_require_block_errors[LOOP_REASON_MAX] = {
 	[LOOP_REASON_ENCRYPTED]		= "Block mode not possible: file is encrypted",
 	[LOOP_REASON_DAX]		= "Block mode not possible: file uses DAX",
 	[LOOP_REASON_UNALIGNED_OFFSET]	= "Block mode not possible: offset not block aligned",
-	[LOOP_REASON_UNMAPPED]		= "Block mode not possible: hole, unwritten or shared block",
+	[LOOP_REASON_UNMAPPED]		= "Block mode not possible: hole, unwritten or shared",
 };
 
 /* Filesystems whose ->bmap is known to return 0 for anything unsafe. */
