@@ -285,3 +285,16 @@ int dm_loop_params(const char *params, char **path, uint64_t *offset)
 	*path = strndup(params, (size_t)(sp - params));
 	return *path ? 0 : -1;
 }
+
+const char *dm_loop_status_reason(const char *status)
+{
+	const char *sp = status;
+	int i;
+
+	for (i = 0; sp && i < 6; i++) {
+		sp = strchr(sp, ' ');
+		if (sp)
+			sp++;
+	}
+	return sp && *sp ? sp : NULL;
+}

@@ -44,6 +44,9 @@ int dm_find_by_name(const char *name, unsigned int *major, unsigned int *minor,
 /* 1 if the kernel has device-mapper, 0 if not, -1 if /proc/misc cannot tell. */
 int dm_kernel_available(void);
 
+/* The <reason> of a loop INFO status (its seventh word), or NULL. */
+const char *dm_loop_status_reason(const char *status);
+
 /* The loop table's "<path> <offset> [...]", split; 0 or -1. */
 int dm_loop_params(const char *params, char **path, uint64_t *offset);
 

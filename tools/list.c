@@ -33,20 +33,6 @@ static void status_fields(const char *status, char *mode, size_t msize,
 	}
 }
 
-static const char *status_reason(const char *status)
-{
-	const char *sp = status;
-	int i;
-
-	/* The seventh word. */
-	for (i = 0; sp && i < 6; i++) {
-		sp = strchr(sp, ' ');
-		if (sp)
-			sp++;
-	}
-	return sp && *sp ? sp : NULL;
-}
-
 int cmd_list(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -124,7 +110,7 @@ int cmd_list(int argc, char **argv)
 					json_null(&j, "extents");
 				else
 					json_u64(&j, "extents", ext);
-				json_string(&j, "reason", status_reason(tl->status));
+				json_string(&j, "reason", dm_loop_status_reason(tl->status));
 				json_string(&j, "path", params_ok ? path : NULL);
 				if (params_ok)
 					json_u64(&j, "offset", offset);

@@ -278,8 +278,9 @@ static bool dm_loop_line(const char *s)
 	       (strstr(s, "device-mapper:") && strstr(s, "loop"));
 }
 
-static void gather_kernel_log(struct report *r)
+static size_t gather_kernel_log(struct report *r)
 {
+	size_t lines = 0;
 	char buf[8192];
 	FILE *out;
 	int fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
@@ -289,25 +290,27 @@ static void gather_kernel_log(struct report *r)
 		char *path, *text = NULL, *line, *save = NULL;
 
 		if (run(r, "kernel-log.all", argv))
-			return;
+			return 0;
 		path = xasprintf("%s/kernel-log.all", r->top);
 		if (read_text_file(path, &text, NULL) == 0 &&
 		    (out = open_out(r, "kernel-log"))) {
 			for (line = strtok_r(text, "\n", &save); line;
 			     line = strtok_r(NULL, "\n", &save))
-				if (dm_loop_line(line))
+				if (dm_loop_line(line)) {
 					fprintf(out, "%s\n", line);
+					lines++;
+				}
 			fclose(out);
 		}
 		unlink(path);
 		free(path);
 		free(text);
-		return;
+		return lines;
 	}
 	out = open_out(r, "kernel-log");
 	if (!out) {
 		close(fd);
-		return;
+		return 0;
 	}
 	for (;;) {
 		ssize_t n = read(fd, buf, sizeof(buf) - 1);
@@ -335,9 +338,11 @@ static void gather_kernel_log(struct report *r)
 		usec = comma ? strtoull(comma + 1, NULL, 10) : 0;
 		fprintf(out, "[%5llu.%06llu] %s\n", usec / 1000000,
 			usec % 1000000, semi + 1);
+		lines++;
 	}
 	close(fd);
 	fclose(out);
+	return lines;
 }
 
 static void gather_dmsetup(struct report *r, const char *name)
@@ -345,12 +350,12 @@ static void gather_dmsetup(struct report *r, const char *name)
 	static const char *const verbs[] = { "table", "status", "info", "deps" };
 	char *version_argv[] = { "dmsetup", "version", NULL };
 
-	if (!name) {
-		missing(r, "dmsetup", "the device's name is not known");
-		return;
-	}
 	if (dm_kernel_available() == 0) {
 		missing(r, "dmsetup", "the kernel has no device-mapper (no device-mapper in /proc/misc)");
+		return;
+	}
+	if (!name) {
+		missing(r, "dmsetup", "no device-mapper device of that name or number");
 		return;
 	}
 	run(r, "dmsetup/version", version_argv);
@@ -364,7 +369,7 @@ static void gather_dmsetup(struct report *r, const char *name)
 }
 
 /* Every debugfs directory of this dm minor, the reloading ones too. */
-static void gather_debugfs(struct report *r, unsigned int minor)
+static void gather_debugfs(struct report *r, unsigned int minor, bool quiet)
 {
 	char *top = xasprintf("%s/dm-loop", debugfs_root());
 	char *prefix = xasprintf("dm-%u-", minor);
@@ -372,7 +377,8 @@ static void gather_debugfs(struct report *r, unsigned int minor)
 	DIR *d = opendir(top);
 
 	if (!d) {
-		missing(r, "debugfs", "%s: %s", top, strerror(errno));
+		if (!quiet)
+			missing(r, "debugfs", "%s: %s", top, strerror(errno));
 		goto out;
 	}
 	while ((de = readdir(d))) {
@@ -601,7 +607,7 @@ static const struct dm_device *find_dm(const struct dm_device_list *l,
 static void write_summary(struct report *r, const char *arg,
 			  const char *label, const char *name,
 			  struct target_view *v, size_t nv, const char *verdict,
-			  const char *module_version)
+			  const char *module_version, size_t log_lines)
 {
 	FILE *f = open_out(r, "SUMMARY");
 	char *when = timestamp("%Y-%m-%d %H:%M:%S %z");
@@ -650,6 +656,8 @@ static void write_summary(struct report *r, const char *arg,
 			t->host ? " on host " : "", t->host ? t->host : "");
 	}
 	fprintf(f, "\ncomparison:  %s\n", verdict);
+	fprintf(f, "kernel log:  %zu dm-loop line%s (kernel-log)\n", log_lines,
+		log_lines == 1 ? "" : "s");
 	fprintf(f, "missing:     %zu part%s%s\n", r->nmissing,
 		r->nmissing == 1 ? "" : "s", r->nmissing ? ":" : "");
 	if (r->nmissing) {
@@ -759,6 +767,7 @@ static void view_from_dm(struct target_view *v, const struct dm_target_line *tl)
 			  !strcmp(mode, "file") ? "file" : NULL;
 		v->extents = xstrdup(ext);
 	}
+	v->reason = dm_loop_status_reason(tl->status);
 }
 
 static void view_free(struct target_view *v)
@@ -778,7 +787,7 @@ static int report(const char *arg, const char *output)
 	struct dm_device_list dml = { 0 };
 	const struct dm_device *dmd = NULL;
 	struct target_view *views = NULL;
-	size_t nviews = 0, ndiff = 0;
+	size_t nviews = 0, ndiff = 0, log_lines;
 	bool have_dt = false, partial, have_minor = false;
 	unsigned int minor = 0;
 	const char *name = NULL;
@@ -840,6 +849,8 @@ static int report(const char *arg, const char *output)
 			missing_errors(&r, "debugfs", "some files did not parse");
 	} else {
 		missing_errors(&r, "debugfs", "no dm-loop instance of this device");
+		have_minor = device_arg_minor(arg, &minor) == 0;
+		free(take_errors(&r));
 	}
 
 	/* device-mapper: the tables as the kernel runs them. */
@@ -861,7 +872,7 @@ static int report(const char *arg, const char *output)
 	}
 	gather_dmsetup(&r, name);
 	if (have_minor)
-		gather_debugfs(&r, minor);
+		gather_debugfs(&r, minor, !have_dt);	/* already said why not */
 
 	if (have_dt) {
 		views = xcalloc(dt.n, sizeof(*views));
@@ -912,11 +923,11 @@ static int report(const char *arg, const char *output)
 		missing(&r, "compare", "needs the debugfs extent table");
 		verdict = xstrdup("not done: no debugfs extent table");
 	}
-	gather_kernel_log(&r);
+	log_lines = gather_kernel_log(&r);
 
 	fflush(r.missing);
 	write_summary(&r, arg, have_dt ? dt.label : NULL, name, views, nviews,
-		      verdict, module_version);
+		      verdict, module_version, log_lines);
 	write_text(&r, "MISSING", r.missing_text ? r.missing_text : "",
 		   r.missing_len);
 	error_capture(NULL, false);

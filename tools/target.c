@@ -223,6 +223,17 @@ bad:
 	return -1;
 }
 
+int device_arg_minor(const char *arg, unsigned int *minor)
+{
+	enum match_by by;
+	char *key = NULL;
+	int rc;
+
+	rc = classify(arg, &by, minor, &key);
+	free(key);
+	return rc == 0 && by != BY_NAME ? 0 : -1;
+}
+
 void device_targets_free(struct device_targets *dt)
 {
 	size_t i;

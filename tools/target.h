@@ -38,4 +38,10 @@ int device_targets_load(const char *arg, const uint64_t *start_sector,
 			struct device_targets *dt, bool *partial);
 void device_targets_free(struct device_targets *dt);
 
+/*
+ * The dm minor that arg names by number (dm-N, /dev/dm-N, M:m, a block
+ * device node), without debugfs. 0, or -1 if arg is a name (or bad).
+ */
+int device_arg_minor(const char *arg, unsigned int *minor);
+
 #endif
