@@ -221,7 +221,11 @@ int loop_inode_use(struct loop_c *lc)
 		r = -ENOMEM;
 		goto out;
 	}
-	if (li->pins && li->pin_owner != lc->md) {
+	/*
+	 * Even this device's own block-mode table (a reload): S_SWAPFILE would
+	 * fail our writes until that table is destroyed, after the resume.
+	 */
+	if (li->pins) {
 		lc->ti->error = "File is mapped by a block-mode dm-loop device";
 		r = -EBUSY;
 	} else if (!li->pins && IS_SWAPFILE(inode)) {
