@@ -41,7 +41,6 @@ KO        := $(BUILD)/mod-$(KDIR_NAME)/dm-loop.ko
 VM_KERNEL := --kernel $(KROOT)
 MODULE_TARGET := module-prebuilt
 endif
-export KDIR
 
 # The guest suite: which tests, on which kernel, with which module.
 GUEST_RUN = $(VM) $(VM_KERNEL) $(GUEST_DISKS) --timeout $(GUEST_TIMEOUT) -- \

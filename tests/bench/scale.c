@@ -1,0 +1,230 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * scale: create and remove N block devices of one kind from one process,
+ * and report the rates and the memory each device costs.
+ *
+ *   scale loop    N DIR        dm-loop devices over N files made in DIR
+ *   scale linear  N BLOCKDEV   dm-linear devices over 4 KiB pieces of BLOCKDEV
+ *   scale losetup N DIR        /dev/loop devices (LOOP_CONFIGURE) over N files
+ *
+ * Prints one JSON object.  Memory is MemAvailable and Slab from
+ * /proc/meminfo, read after the files exist and again with all devices up.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libdevmapper.h>
+#include <linux/loop.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FILE_SIZE 4096
+
+static double now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static long long meminfo_kb(const char *key)
+{
+	char line[256];
+	long long v = -1;
+	size_t n = strlen(key);
+	FILE *f = fopen("/proc/meminfo", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, n) && line[n] == ':') {
+			v = strtoll(line + n + 1, NULL, 10);
+			break;
+		}
+	fclose(f);
+	return v;
+}
+
+static void settle(void)
+{
+	int fd;
+
+	sync();
+	fd = open("/proc/sys/vm/drop_caches", O_WRONLY);
+	if (fd >= 0) {
+		if (write(fd, "3\n", 2) < 0)
+			perror("drop_caches");
+		close(fd);
+	}
+	usleep(200000);
+}
+
+static int dm_run(int type, const char *name, const char *target,
+		  const char *params)
+{
+	struct dm_task *dmt = dm_task_create(type);
+	int ok;
+
+	if (!dmt)
+		return -1;
+	ok = dm_task_set_name(dmt, name);
+	if (ok && target)
+		ok = dm_task_add_target(dmt, 0, FILE_SIZE / 512, target, params);
+	ok = ok && dm_task_run(dmt);
+	dm_task_destroy(dmt);
+	return ok ? 0 : -1;
+}
+
+static int make_files(const char *dir, long n)
+{
+	static char buf[FILE_SIZE];
+	char path[4096];
+	long i;
+
+	memset(buf, 0xa5, sizeof(buf));
+	for (i = 0; i < n; i++) {
+		int fd;
+
+		snprintf(path, sizeof(path), "%s/f%ld", dir, i);
+		fd = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+		if (fd < 0 || pwrite(fd, buf, sizeof(buf), 0) != sizeof(buf)) {
+			perror(path);
+			return -1;
+		}
+		close(fd);
+	}
+	sync();
+	return 0;
+}
+
+static int losetup_one(const char *file, int *devnr)
+{
+	struct loop_config cfg = { 0 };
+	char dev[64];
+	int ctl, nr, fd, lfd, r;
+
+	ctl = open("/dev/loop-control", O_RDWR);
+	if (ctl < 0)
+		return -1;
+	nr = ioctl(ctl, LOOP_CTL_GET_FREE);
+	close(ctl);
+	if (nr < 0)
+		return -1;
+	snprintf(dev, sizeof(dev), "/dev/loop%d", nr);
+	lfd = open(dev, O_RDWR);
+	fd = open(file, O_RDWR);
+	if (lfd < 0 || fd < 0)
+		return -1;
+	cfg.fd = fd;
+	r = ioctl(lfd, LOOP_CONFIGURE, &cfg);
+	close(fd);
+	close(lfd);
+	*devnr = nr;
+	return r;
+}
+
+static int unlosetup_one(int nr)
+{
+	char dev[64];
+	int fd, ctl, r;
+
+	snprintf(dev, sizeof(dev), "/dev/loop%d", nr);
+	fd = open(dev, O_RDWR);
+	if (fd < 0)
+		return -1;
+	r = ioctl(fd, LOOP_CLR_FD, 0);
+	close(fd);
+	ctl = open("/dev/loop-control", O_RDWR);
+	if (ctl >= 0) {
+		ioctl(ctl, LOOP_CTL_REMOVE, nr);
+		close(ctl);
+	}
+	return r;
+}
+
+int main(int argc, char **argv)
+{
+	long n, i, made = 0;
+	const char *kind, *where;
+	char name[64], params[4200];
+	long long avail0, slab0, avail1, slab1;
+	double t0, t_create, t_remove;
+	int *loops = NULL;
+	int failed = 0;
+
+	if (argc != 4 || (n = strtol(argv[2], NULL, 10)) <= 0) {
+		fprintf(stderr, "usage: scale loop|linear|losetup N DIR|BLOCKDEV\n");
+		return 2;
+	}
+	kind = argv[1];
+	where = argv[3];
+	if (strcmp(kind, "linear") && make_files(where, n))
+		return 1;
+	if (!strcmp(kind, "losetup")) {
+		loops = calloc(n, sizeof(*loops));
+		if (!loops)
+			return 1;
+	}
+	dm_log_init_verbose(0);
+	dm_udev_set_sync_support(0);
+
+	settle();
+	avail0 = meminfo_kb("MemAvailable");
+	slab0 = meminfo_kb("Slab");
+	t0 = now();
+	for (i = 0; i < n; i++) {
+		int r;
+
+		snprintf(name, sizeof(name), "scale%ld", i);
+		if (!strcmp(kind, "loop")) {
+			snprintf(params, sizeof(params), "%s/f%ld 0", where, i);
+			r = dm_run(DM_DEVICE_CREATE, name, "loop", params);
+		} else if (!strcmp(kind, "linear")) {
+			snprintf(params, sizeof(params), "%s %ld", where,
+				 i * (FILE_SIZE / 512));
+			r = dm_run(DM_DEVICE_CREATE, name, "linear", params);
+		} else {
+			snprintf(params, sizeof(params), "%s/f%ld", where, i);
+			r = losetup_one(params, &loops[i]);
+		}
+		if (r) {
+			fprintf(stderr, "scale: creating device %ld failed: %s\n",
+				i, strerror(errno));
+			failed = 1;
+			break;
+		}
+		made++;
+	}
+	t_create = now() - t0;
+	settle();
+	avail1 = meminfo_kb("MemAvailable");
+	slab1 = meminfo_kb("Slab");
+
+	t0 = now();
+	for (i = 0; i < made; i++) {
+		snprintf(name, sizeof(name), "scale%ld", i);
+		if (loops ? unlosetup_one(loops[i]) :
+			    dm_run(DM_DEVICE_REMOVE, name, NULL, NULL)) {
+			fprintf(stderr, "scale: removing device %ld failed\n", i);
+			failed = 1;
+		}
+	}
+	t_remove = now() - t0;
+	dm_lib_release();
+
+	printf("{\"kind\": \"%s\", \"count\": %ld, \"create_s\": %.3f, "
+	       "\"remove_s\": %.3f, \"create_per_s\": %.1f, \"remove_per_s\": %.1f, "
+	       "\"mem_kb_per_dev\": %.2f, \"slab_kb_per_dev\": %.2f}\n",
+	       kind, made, t_create, t_remove, made / t_create,
+	       made / (t_remove > 0 ? t_remove : 1e-9),
+	       made ? (double)(avail0 - avail1) / made : 0.0,
+	       made ? (double)(slab1 - slab0) / made : 0.0);
+	free(loops);
+	return failed;
+}
