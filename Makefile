@@ -47,6 +47,16 @@ GUEST_RUN = $(VM) $(VM_KERNEL) $(GUEST_DISKS) --timeout $(GUEST_TIMEOUT) -- \
 	env DMLOOP_KO=$(abspath $(KO)) $(PYTEST) -q -rs $(GUEST_TESTS)
 GUEST_TESTS ?= $(if $(filter debug,$(KERNEL)),$(DEBUG_SUBSET),tests/guest)
 
+.PHONY: bench bench-quick
+# Benchmarks (in the VM): tables and plots in build/bench/.
+bench: deps all
+	@debug/deps python3-matplotlib
+	debug/bench
+
+bench-quick: deps all
+	@debug/deps python3-matplotlib
+	debug/bench --quick
+
 .PHONY: all module module-prebuilt tools deps check check-host check-guest guest-result demo clean checkpatch
 
 all: $(MODULE_TARGET) tools
