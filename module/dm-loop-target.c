@@ -444,10 +444,13 @@ static enum loop_reason loop_static_reason(struct loop_c *lc)
 
 	if (lc->opts & LOOP_OPT_FORCE_FILE)
 		return LOOP_REASON_FORCED;
-	if (!sb->s_bdev)
+	/* btrfs lives on block devices but leaves s_bdev NULL: say no_bmap. */
+	if (!(sb->s_type->fs_flags & FS_REQUIRES_DEV))
 		return LOOP_REASON_NO_BDEV;
 	if (!inode->i_mapping->a_ops->bmap)
 		return LOOP_REASON_NO_BMAP;
+	if (!sb->s_bdev)
+		return LOOP_REASON_NO_BDEV;
 	if (!loop_fs_bmap_safe(sb))
 		return LOOP_REASON_FS_NOT_ALLOWED;
 	if (IS_ENCRYPTED(inode))
