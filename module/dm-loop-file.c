@@ -192,18 +192,36 @@ int loop_file_map(struct dm_target *ti, struct bio *bio)
 	return DM_MAPIO_SUBMITTED;
 }
 
+/*
+ * The file's direct I/O alignment, or 0 where the filesystem would quietly
+ * do buffered I/O instead (ext4: encrypted without inline crypto, verity,
+ * data=journal): STATX_DIOALIGN where the filesystem reports it, else the
+ * logical block size of its device, as loop assumes.
+ */
+static unsigned int loop_file_dio_align(struct loop_c *lc)
+{
+	struct super_block *sb = file_inode(lc->file)->i_sb;
+	struct kstat stat;
+
+	if (!vfs_getattr(&lc->file->f_path, &stat, STATX_DIOALIGN, AT_STATX_SYNC_AS_STAT) &&
+	    (stat.result_mask & STATX_DIOALIGN))
+		return max(stat.dio_mem_align, stat.dio_offset_align);
+	return sb->s_bdev ? bdev_logical_block_size(sb->s_bdev) : SECTOR_SIZE;
+}
+
 int loop_file_setup(struct loop_c *lc)
 {
 	struct dm_target *ti = lc->ti;
-	struct super_block *sb = file_inode(lc->file)->i_sb;
+	unsigned int dio_align;
 	int r;
 
 	r = loop_inode_use(lc);
 	if (r)
 		return r;
 
-	lc->dio_align = sb->s_bdev ? bdev_logical_block_size(sb->s_bdev) : SECTOR_SIZE;
-	lc->use_dio = !(lc->opts & LOOP_OPT_NO_DIRECT_IO) &&
+	dio_align = loop_file_dio_align(lc);
+	lc->dio_align = dio_align ?: SECTOR_SIZE;
+	lc->use_dio = !(lc->opts & LOOP_OPT_NO_DIRECT_IO) && dio_align &&
 		      (lc->file->f_mode & FMODE_CAN_ODIRECT) &&
 		      !(lc->offset & (lc->dio_align - 1));
 
