@@ -229,7 +229,8 @@ int loop_file_setup(struct loop_c *lc)
 	ti->num_flush_bios = 1;
 	ti->flush_supported = true;
 	ti->limit_swap_bios = true;
-	if (!lc->read_only) {
+	/* As loop: no discard where it could only fail (9p has no fallocate). */
+	if (!lc->read_only && lc->file->f_op->fallocate) {
 		ti->num_discard_bios = 1;
 		ti->num_write_zeroes_bios = 1;
 		ti->discards_supported = true;
