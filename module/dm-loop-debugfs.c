@@ -88,12 +88,20 @@ static int loop_info_show(struct seq_file *m, void *v)
 }
 DEFINE_SHOW_ATTRIBUTE(loop_info);
 
-/* Read at read time, so that a rename shows at once. */
+/*
+ * The name lives in dm-ioctl's hash cell (dm_device_name() is "major:minor"):
+ * copy it at read time, so that a rename shows at once.  ENXIO once the
+ * device has left the hash on its way out.
+ */
 static int loop_name_show(struct seq_file *m, void *v)
 {
 	struct loop_c *lc = m->private;
+	char name[DM_NAME_LEN];
+	int r = dm_copy_name_and_uuid(lc->md, name, NULL);
 
-	seq_printf(m, "%s\n", dm_device_name(lc->md));
+	if (r)
+		return r;
+	seq_printf(m, "%s\n", name);
 	return 0;
 }
 DEFINE_SHOW_ATTRIBUTE(loop_name);
