@@ -16,7 +16,7 @@ def repo():
     return REPO
 
 
-def run_vm(args, timeout=600, env=None):
+def run_vm(args, timeout=3600, env=None):
     """Run debug/vm with `args` (stdin closed, as in CI); CompletedProcess with text
     stdout/stderr and .elapsed (seconds)."""
     import time
