@@ -11,8 +11,9 @@
   test, $DMLOOP_KO or module/dm-loop.ko, and rmmods it at the end (a failing
   rmmod fails the run).  DMLOOP_KO=none loads nothing; DMLOOP_KO_ARGS gives
   module parameters.
-- Device-mapper devices created with dmloop.create() and left behind by a
-  test are removed after it (with a warning) so they do not break the next.
+- Device-mapper devices created with dmloop.create() during a test and left
+  behind are removed after it (with a warning) so they do not break the
+  next; devices of module/session-scoped fixtures are left alone.
 """
 
 import os
@@ -159,9 +160,14 @@ def dmloop_module():
 
 @pytest.fixture(autouse=True)
 def _dm_leftovers():
-    """Remove device-mapper devices a test created with dmloop.create() and left behind."""
+    """Remove device-mapper devices a test created with dmloop.create() and left behind.
+
+    Only those created during the test (its body and function-scoped fixtures):
+    a module- or session-scoped fixture's devices exist before this fixture
+    starts (wider scopes are set up first) and are left alone."""
+    before = set(dmloop.created_devices)
     yield
-    left = list(dmloop.created_devices)
+    left = [d for d in dmloop.created_devices if d not in before]
     problems = []
     for dev in left:
         try:

@@ -160,6 +160,21 @@ def test_no_leftover():
     assert "selftest-leak" not in dmloop.dm_devices()
 
 
+@pytest.fixture(scope="module")
+def shared_dev():
+    dmloop.create("selftest-shared", "0 8 zero")
+    yield "selftest-shared"
+    dmloop.remove("selftest-shared")
+
+
+def test_shared_device_1(shared_dev):
+    assert dmloop.exists(shared_dev)
+
+
+def test_shared_device_2(shared_dev):
+    assert dmloop.exists(shared_dev)
+
+
 def test_kernel_warning_fails_the_test():
     pos = dmloop.kmsg_pos()
     dmloop.kmsg("WARNING: guest scaffolding self-test")
@@ -183,7 +198,8 @@ def test_guest_scaffolding(vm):
     out = p.stdout
     assert p.returncode == EXIT_FAULT, explain(p)       # the WARNING, also seen by the runner
     for t in ("test_module_loaded", "test_raw_data_roundtrip", "test_fs_and_dmsetup",
-              "test_leftover_device_is_removed", "test_no_leftover"):
+              "test_leftover_device_is_removed", "test_no_leftover", "test_shared_device_1",
+              "test_shared_device_2"):
         assert re.search(r"%s PASSED" % t, out), "%s did not pass\n%s" % (t, explain(p))
     assert re.search(r"test_kernel_warning_fails_the_test FAILED", out), explain(p)
     assert "kernel fault in the guest log" in out and "guest scaffolding self-test" in out, explain(p)
