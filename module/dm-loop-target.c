@@ -14,6 +14,7 @@
 #include <linux/ktime.h>
 #include <linux/fscrypt.h>
 #include <linux/file.h>
+#include <linux/ctype.h>
 
 #include "dm-loop.h"
 #include "compat.h"
@@ -504,6 +505,7 @@ static int loop_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	struct inode *inode;
 	unsigned long long tmp;
 	u64 start_ns = ktime_get_ns();
+	const char *c;
 	loff_t end;
 	int r;
 
@@ -531,6 +533,13 @@ static int loop_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	if (strnlen(argv[0], PATH_MAX) >= PATH_MAX) {
 		ti->error = "File path too long";
 		goto bad;
+	}
+	/* Only an escaped one gets here, and the TABLE line could not show it. */
+	for (c = argv[0]; *c; c++) {
+		if (isspace(*c)) {
+			ti->error = "File path contains whitespace";
+			goto bad;
+		}
 	}
 	if (kstrtoull(argv[1], 10, &tmp) || tmp > LLONG_MAX) {
 		ti->error = "Invalid offset";
