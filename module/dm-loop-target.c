@@ -352,6 +352,11 @@ static int loop_parse_opts(struct dm_arg_set *as, struct loop_c *lc)
 
 	if (!as->argc)
 		return 0;
+	/* dm_read_arg_group()'s sscanf() wraps 2^32 + n and 2^64 + n to n. */
+	if (kstrtouint(as->argv[0], 10, &argc)) {
+		ti->error = _args[0].error;
+		return -EINVAL;
+	}
 	r = dm_read_arg_group(_args, as, &argc, &ti->error);
 	if (r)
 		return r;
