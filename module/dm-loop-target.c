@@ -29,6 +29,7 @@ static const char * const loop_reason_names[LOOP_REASON_MAX] = {
 	[LOOP_REASON_DAX]		= "dax",
 	[LOOP_REASON_UNALIGNED_OFFSET]	= "unaligned_offset",
 	[LOOP_REASON_UNMAPPED]		= "unmapped",
+	[LOOP_REASON_IN_USE]		= "in_use",
 };
 
 /* ti->error outlives the constructor: these are literals. */
@@ -41,6 +42,7 @@ static char * const loop_require_block_errors[LOOP_REASON_MAX] = {
 	[LOOP_REASON_DAX]		= "Block mode not possible: file uses DAX",
 	[LOOP_REASON_UNALIGNED_OFFSET]	= "Block mode not possible: offset not block aligned",
 	[LOOP_REASON_UNMAPPED]		= "Block mode not possible: hole, unwritten or shared",
+	[LOOP_REASON_IN_USE]		= "Block mode not possible: file used by a file-mode table",
 };
 
 /* Filesystems whose ->bmap is known to return 0 for anything unsafe. */
@@ -90,6 +92,7 @@ struct loop_inode {
 	struct hlist_node node;
 	struct inode *inode;
 	struct mapped_device *pin_owner;
+	struct mapped_device *file_owner;	/* NULL once shared */
 	unsigned int pins;
 	unsigned int file_users;
 	gfp_t old_gfp_mask;
@@ -148,8 +151,13 @@ int loop_inode_pin(struct loop_c *lc)
 		goto out;
 	}
 	if (li->file_users) {
-		lc->ti->error = "File is in use by a file-mode dm-loop device";
-		r = -EBUSY;
+		/* A reload of this device's file-mode table stays in file mode. */
+		if (li->file_owner == lc->md) {
+			r = -EAGAIN;
+		} else {
+			lc->ti->error = "File is in use by a file-mode dm-loop device";
+			r = -EBUSY;
+		}
 		goto out_release;
 	}
 
@@ -241,6 +249,9 @@ int loop_inode_use(struct loop_c *lc)
 		li->old_gfp_mask = mapping_gfp_mask(mapping);
 		mapping_set_gfp_mask(mapping,
 				     li->old_gfp_mask & ~(__GFP_IO | __GFP_FS));
+		li->file_owner = lc->md;
+	} else if (li->file_owner != lc->md) {
+		li->file_owner = NULL;
 	}
 	lc->file_user = true;
 out:
@@ -591,10 +602,12 @@ static int loop_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	lc->reason = loop_static_reason(lc);
 	if (lc->reason == LOOP_REASON_NONE) {
 		r = loop_block_setup(lc);
-		if (r && r != -ENODATA)
+		if (r && r != -ENODATA && r != -EAGAIN)
 			goto bad;
 		if (r == -ENODATA)
 			lc->reason = LOOP_REASON_UNMAPPED;
+		else if (r == -EAGAIN)
+			lc->reason = LOOP_REASON_IN_USE;
 	}
 	if (lc->reason != LOOP_REASON_NONE) {
 		char reason[48];
