@@ -426,6 +426,13 @@ static int loop_open_file(struct loop_c *lc)
 		path_put(&path);
 		return -EINVAL;
 	}
+	/* dentry_open() skips may_open(): refuse what it would refuse a writer. */
+	if (!lc->read_only &&
+	    (IS_IMMUTABLE(d_inode(path.dentry)) || IS_APPEND(d_inode(path.dentry)))) {
+		ti->error = "File is immutable or append-only (use a read-only table)";
+		path_put(&path);
+		return -EPERM;
+	}
 	file = dentry_open(&path, (lc->read_only ? O_RDONLY : O_RDWR) | O_LARGEFILE,
 			   current_cred());
 	path_put(&path);
