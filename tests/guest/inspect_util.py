@@ -1,0 +1,193 @@
+"""Run dmloop-inspect in the guest, and lay out files for it to look at.
+
+- Inspect runs tools/dmloop-inspect and its ASan/UBSan twin
+  (tools/dmloop-inspect-asan, `make -C tools asan`) with the same arguments
+  and fails on any sanitizer report, a signal, or an unexpected exit status.
+- make_contiguous() / make_fragmented() give a file in one extent and a
+  file scattered over single free blocks (ext4 with 4 KiB or 1 KiB blocks,
+  XFS); layouts() makes both on a fresh filesystem.
+- filefrag() runs `filefrag -v` (as saved for --filefrag) and parses its
+  extent lines.
+
+Used by tests/guest/test_inspect_guest.py and fixtures/capture-guest.py.
+Stdlib only: importing this on the host is harmless.
+"""
+
+import ctypes
+import mmap
+import os
+import re
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TOOLS = REPO / "tools"
+BINARIES = ("dmloop-inspect", "dmloop-inspect-asan")
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                   "runtime error:", "SUMMARY: UndefinedBehaviorSanitizer",
+                   "AddressSanitizer:DEADLYSIGNAL", "LeakSanitizer has encountered")
+SANITIZER_EXIT = 99
+MiB = 1 << 20
+
+
+def build_tools():
+    """make both binaries (a no-op when they are up to date)."""
+    subprocess.run(["make", "-s", "-C", str(TOOLS)] + list(BINARIES), check=True,
+                   capture_output=True)
+
+
+def run_tool(binary, *args, expect=None, env=None, timeout=300):
+    """Run one binary; CompletedProcess with text output.  Fails on a
+    sanitizer report, a signal, or an exit status other than `expect`."""
+    e = dict(os.environ)
+    e.pop("DMLOOP_DEBUGFS", None)
+    e["ASAN_OPTIONS"] = "detect_leaks=1:exitcode=%d" % SANITIZER_EXIT
+    e["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1:exitcode=%d" % SANITIZER_EXIT
+    if env:
+        e.update(env)
+    cmd = [str(TOOLS / binary)] + [str(a) for a in args]
+    p = subprocess.run(cmd, env=e, capture_output=True, timeout=timeout,
+                       stdin=subprocess.DEVNULL)
+    p.stdout = p.stdout.decode("utf-8", "replace")
+    p.stderr = p.stderr.decode("utf-8", "replace")
+    where = "%s\nexit %d\nstdout:\n%s\nstderr:\n%s" % (" ".join(cmd), p.returncode,
+                                                        p.stdout, p.stderr)
+    for mark in SANITIZER_MARKS:
+        assert mark not in p.stderr, "sanitizer report: " + where
+    assert p.returncode >= 0, "killed by signal %d: %s" % (-p.returncode, where)
+    assert p.returncode != SANITIZER_EXIT, "sanitizer exit status: " + where
+    if expect is not None:
+        assert p.returncode == expect, "want exit %d: %s" % (expect, where)
+    if p.returncode == 2:
+        assert p.stderr.startswith("dmloop-inspect"), where
+    return p
+
+
+def inspect(*args, expect=None, same_output=True, env=None):
+    """Run both binaries with `args`; returns the plain binary's result.
+    Both must exit alike and, with same_output, print the same."""
+    plain = run_tool(BINARIES[0], *args, expect=expect, env=env)
+    asan = run_tool(BINARIES[1], *args, expect=plain.returncode, env=env)
+    if same_output:
+        assert asan.stdout == plain.stdout, (args, plain.stdout, asan.stdout)
+    return plain
+
+
+# ------------------------------------------------------------ layouts
+
+_libc = ctypes.CDLL(None, use_errno=True)
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+
+
+def _punch_hole(fd, offset, length):
+    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                       ctypes.c_long(offset), ctypes.c_long(length)):
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def _mount_source(mp):
+    with open("/proc/self/mounts") as f:
+        return [line.split()[0] for line in f if line.split()[1] == str(mp)][0]
+
+
+def _fill(mp, fillers, blk):
+    """One pass of filling the free space with preallocated files, biggest
+    first; how many were added."""
+    added = 0
+    for chunk in (64 * MiB, MiB, blk):
+        while True:
+            path = Path(mp) / ("filler%d" % len(fillers))
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+            except OSError:         # XFS: no room for another inode chunk
+                break
+            try:
+                os.posix_fallocate(fd, 0, chunk)
+            except OSError:
+                os.close(fd)
+                os.unlink(path)
+                break
+            os.close(fd)
+            fillers.append((path, chunk))
+            added += 1
+    return added
+
+
+def make_fragmented(mp, path, nblocks, seed):
+    """`path`: nblocks of random data, each block on its own between used
+    blocks.  The free space is filled with preallocated fillers, 2*nblocks
+    one-block holes are punched into the first, the file is written one
+    block at a time with O_DIRECT (so each block is allocated alone) and
+    fsync'ed, then the fillers are deleted.  Returns the data."""
+    import random
+    blk = os.statvfs(mp).f_bsize
+    data = random.Random(seed).randbytes(nblocks * blk)
+    # ext4 keeps clusters back for metadata, free on disk: a file written
+    # later could land there in one run.  Keep only a few.
+    resv = "/sys/fs/ext4/%s/reserved_clusters" % os.path.basename(_mount_source(mp))
+    if os.path.exists(resv):
+        with open(resv, "w") as f:
+            f.write("8")
+    os.close(os.open(str(path), os.O_CREAT | os.O_WRONLY, 0o644))  # XFS: inode first
+    fillers = []
+    # Blocks a failed fallocate freed come back when the journal commits.
+    while _fill(mp, fillers, blk):
+        os.sync()
+    big = [p for p, c in fillers if c == 64 * MiB]
+    assert big, "scratch filesystem too small to fragment"
+    buf = mmap.mmap(-1, blk)
+    try:
+        fd = os.open(big[0], os.O_WRONLY)
+        try:
+            for i in range(2 * nblocks):
+                _punch_hole(fd, (2 * i + 1) * blk, blk)
+        finally:
+            os.close(fd)
+        os.sync()       # freed blocks are reusable once the journal commits
+        fd = os.open(str(path), os.O_WRONLY | os.O_DIRECT)
+        try:
+            for pos in range(0, len(data), blk):
+                buf[:] = data[pos:pos + blk]
+                assert os.pwrite(fd, buf, pos) == blk
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        buf.close()
+        for p, _ in fillers:
+            os.unlink(p)
+        os.sync()
+    return data
+
+
+def make_contiguous(path, size, seed):
+    """`path`: size bytes of random data, written and fsync'ed at once (one
+    extent on a fresh filesystem)."""
+    import random
+    data = random.Random(seed).randbytes(size)
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return data
+
+
+# ------------------------------------------------------------ filefrag
+
+FILEFRAG_EXTENT = re.compile(
+    r"^\s*(\d+):\s*(\d+)\.\.\s*(\d+):\s*(\d+)\.\.\s*(\d+):\s*(\d+):(.*)$")
+
+
+def filefrag(path, *opts):
+    """`filefrag -v [opts] path`: (text, [(ext, logical, physical, length, rest)]),
+    numbers in the listing's units."""
+    p = subprocess.run(["filefrag", "-v"] + list(opts) + [str(path)],
+                       capture_output=True, text=True, check=True)
+    ext = []
+    for line in p.stdout.splitlines():
+        m = FILEFRAG_EXTENT.match(line)
+        if m:
+            ext.append((int(m.group(1)), int(m.group(2)), int(m.group(4)),
+                        int(m.group(6)), m.group(7)))
+    return p.stdout, ext

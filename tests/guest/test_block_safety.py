@@ -1,0 +1,635 @@
+"""Block mode never maps what bmap cannot vouch for, and pins what it maps.
+
+DESIGN.md sections 2 and 3, proved on ext4 and XFS: stale blocks under
+unwritten extents are never readable through a device; a reflinked file gets
+file mode, so writing the device never changes the file it shares blocks
+with; while a block-mode device exists its backing file refuses every
+operation that could move or free its blocks (each errno as 6.1 returns it),
+the filesystem cannot be unmounted, and another swapfile or dm-loop device
+cannot take the file; a reload keeps the file pinned without losing I/O,
+and removing the device releases everything.
+"""
+
+import contextlib
+import errno
+import mmap
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+import dmloop
+from safety_util import (
+    FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, FIEMAP_EXTENT_SHARED,
+    FIEMAP_EXTENT_UNWRITTEN, UNMAPPED_MSG, MiB, assert_refused, block_size, dedupe, fallocate,
+    ficlone, ficlonerange, fiemap, is_pinned, module_figures, mount_source, read_host_blocks,
+    status_fields, table, table_error_re, umount2, write_file, write_probe)
+
+SECRET = b"dm-loop SECRET! "          # 16 bytes, repeated over the free space
+
+# Small filesystems, quick to fill (mkfs.xfs since xfsprogs 5.19 refuses
+# anything under 300 MiB).
+SMALL_MKFS = {
+    "ext4": ["mkfs.ext4", "-F", "-q", "-b", "4096", "-m", "0", "{dev}", "96M"],
+    "xfs": ["mkfs.xfs", "-f", "-q", "-d", "size=320m", "{dev}"],
+}
+
+
+@contextlib.contextmanager
+def small_fs(fstype, disk):
+    dev = dmloop.scratch_disk(disk)
+    if not dmloop.filesystem_available(fstype):
+        dmloop.modprobe(dmloop.FS_MODULE[fstype])
+    mp = Path(tempfile.mkdtemp(prefix="dmloop-small-%s-" % fstype, dir="/tmp"))
+    dmloop.run([a.format(dev=dev) for a in SMALL_MKFS[fstype]])
+    dmloop.run(["mount", dev, str(mp)])
+    try:
+        yield mp
+    finally:
+        dmloop.umount(mp)
+        os.rmdir(mp)
+
+
+# ------------------------------------------------------------ unwritten extents
+
+def fill_free_space(mp, pattern):
+    """Write `pattern` over all the free space of `mp`, sync, delete it again:
+    every block the filesystem hands out next held `pattern` on disk."""
+    path = mp / "secret"
+    chunk = pattern * (MiB // len(pattern))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for piece in (chunk, pattern * (4096 // len(pattern))):
+            while True:
+                try:
+                    os.write(fd, piece)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    break
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.unlink(path)
+    dmloop.sync()
+
+
+@pytest.mark.parametrize("fstype,disk", [("ext4", 2), ("xfs", 1)])
+def test_unwritten_extents_never_show_stale_blocks(fstype, disk):
+    """A preallocated (unwritten) file over blocks that still hold a deleted
+    secret: auto mode falls back to file mode naming the first unwritten
+    block, force_file reads zeros, require_block is refused (and unpins); in
+    no mode does a single byte of the secret come through the device."""
+    with small_fs(fstype, disk) as mp:
+        fill_free_space(mp, SECRET)
+        img = mp / "img"
+        size, written = 16 * MiB, MiB
+        fd = os.open(img, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+        dmloop.write_random(img, written, seed=11, fsync=True)
+
+        # The test means something only if the secret is really under the file.
+        unwritten = [e for e in fiemap(img) if e.flags & FIEMAP_EXTENT_UNWRITTEN]
+        assert sum(e.length for e in unwritten) >= size - written - MiB, fiemap(img)
+        raw = read_host_blocks(mount_source(mp), unwritten)
+        assert raw.count(SECRET) * len(SECRET) > len(raw) // 2, \
+            "the secret should be on disk under the unwritten extents"
+
+        first_unwritten = written // block_size(mp)
+        want = dmloop.random_bytes(written, 11) + bytes(size - written)
+        for opts, reason in [((), "unmapped:%d" % first_unwritten), (("force_file",), "forced")]:
+            dmloop.create("leak", table(img, size, opts=opts))
+            try:
+                st = status_fields("leak")
+                assert (st["mode"], st["reason"]) == ("file", reason), st
+                for direct in (True, False):
+                    got = dmloop.read_bytes("/dev/mapper/leak", size, direct=direct)
+                    assert SECRET not in got, "secret readable through the device (%s)" % (opts,)
+                    assert got == want
+            finally:
+                dmloop.remove("leak")
+
+        lines = assert_refused("leak", table(img, size, opts=("require_block",)),
+                               UNMAPPED_MSG, "EINVAL")
+        assert any("%s: block mode required, not possible: unmapped:%d" % (img, first_unwritten)
+                   in l for l in lines), lines
+        assert write_probe(img) is None, "a refused require_block table left the file pinned"
+
+
+# ------------------------------------------------------------ reflink
+
+def xfs_reflink_enabled(mp):
+    out = dmloop.run(["xfs_info", str(mp)]).stdout
+    return "reflink=1" in out
+
+
+@pytest.mark.parametrize("mapped", ["copy", "original"])
+def test_reflinked_file_never_writes_the_other(mapped):
+    """XFS with reflink: after `cp --reflink=always`, either side of the
+    clone gets file mode (bmap refuses shared inodes) and writes through the
+    device unshare the blocks: the other file's bytes never change."""
+    with dmloop.mounted_fs("xfs", dev=dmloop.scratch_disk(1)) as mp:
+        if not xfs_reflink_enabled(mp):
+            pytest.skip("mkfs.xfs made a filesystem without reflink")
+        size = 4 * MiB
+        orig, copy = mp / "original", mp / "copy"
+        write_file(orig, size, seed=21)
+        dmloop.run(["cp", "--reflink=always", str(orig), str(copy)])
+        dmloop.sync()
+        assert all(e.flags & FIEMAP_EXTENT_SHARED for e in fiemap(copy)), fiemap(copy)
+
+        target, other = (copy, orig) if mapped == "copy" else (orig, copy)
+        assert_refused("rl", table(target, size, opts=("require_block",)),
+                       UNMAPPED_MSG, "EINVAL")
+        dev = dmloop.create("rl", table(target, size))
+        try:
+            st = status_fields("rl")
+            assert (st["mode"], st["reason"]) == ("file", "unmapped:0"), st
+            dmloop.write_random(dev, size, seed=22, direct=True, fsync=True)
+        finally:
+            dmloop.remove("rl")
+        dmloop.drop_caches()
+        dmloop.verify_random(other, size, seed=21)
+        dmloop.verify_random(target, size, seed=22)
+
+
+# ------------------------------------------------------------ pinning
+
+@pytest.fixture(scope="module")
+def pin_fs(request):
+    """One filesystem per type on the first scratch disk for all pinning cases."""
+    with dmloop.mounted_fs(request.param, dev=dmloop.scratch_disk(0)) as mp:
+        yield mp
+
+
+def _open(path, flags=os.O_RDWR):
+    return os.open(str(path), flags)
+
+
+def op_write(img, other):
+    fd = _open(img, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"w" * 4096, 0)
+    finally:
+        os.close(fd)
+
+
+def op_write_direct(img, other):
+    fd = _open(img, os.O_WRONLY | os.O_DIRECT)
+    buf = mmap.mmap(-1, 4096)
+    try:
+        buf.write(b"d" * 4096)
+        os.pwritev(fd, [buf], 4096)
+    finally:
+        buf.close()
+        os.close(fd)
+
+
+def op_append(img, other):
+    fd = _open(img, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, b"appended\n")
+    finally:
+        os.close(fd)
+
+
+def op_truncate_shrink(img, other):
+    os.truncate(img, os.stat(img).st_size - 4096)
+
+
+def _falloc(mode, offset, length):
+    def op(img, other):
+        fd = _open(img)
+        try:
+            fallocate(fd, mode, offset, length)
+        finally:
+            os.close(fd)
+    return op
+
+
+def _with_fds(fn):
+    def op(img, other):
+        dst, src = _open(img), _open(other)
+        try:
+            fn(dst, src)
+        finally:
+            os.close(dst)
+            os.close(src)
+    return op
+
+
+def op_unlink(img, other):
+    os.unlink(img)
+
+
+def op_rename(img, other):
+    os.rename(img, img.with_name("renamed"))
+
+
+def op_rename_over(img, other):
+    os.rename(other, img)
+
+
+def op_mmap_shared_write(img, other):
+    fd = _open(img)
+    try:
+        m = mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        m[0:1] = b"m"
+        m.flush()
+        m.close()
+    finally:
+        os.close(fd)
+
+
+# (id, operation, errno while pinned, filesystems): each must be refused while
+# a block-mode device exists and work after it is removed.  Reflink ioctls are
+# XFS only: ext4 has no reflink (EOPNOTSUPP, pinned or not).
+REFUSED = [
+    ("write", op_write, errno.ETXTBSY, "ext4 xfs"),
+    ("write_odirect", op_write_direct, errno.ETXTBSY, "ext4 xfs"),
+    ("write_append", op_append, errno.ETXTBSY, "ext4 xfs"),
+    ("truncate_shrink", op_truncate_shrink, errno.ETXTBSY, "ext4 xfs"),
+    ("fallocate_extend", _falloc(0, 0, 12 * MiB), errno.ETXTBSY, "ext4 xfs"),
+    ("fallocate_punch_hole", _falloc(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 65536),
+     errno.ETXTBSY, "ext4 xfs"),
+    ("fallocate_zero_range", _falloc(FALLOC_FL_ZERO_RANGE, 0, 65536), errno.ETXTBSY, "ext4 xfs"),
+    ("copy_file_range_into", _with_fds(lambda d, s: os.copy_file_range(s, d, 65536, 0, 0)),
+     errno.ETXTBSY, "ext4 xfs"),
+    # Out of it, too: on XFS that would share the pinned blocks with another file.
+    ("copy_file_range_from", _with_fds(lambda d, s: os.copy_file_range(d, s, 65536, 0, 0)),
+     errno.ETXTBSY, "ext4 xfs"),
+    ("ficlone_into", _with_fds(lambda d, s: ficlone(d, s)), errno.ETXTBSY, "xfs"),
+    ("ficlonerange_into", _with_fds(lambda d, s: ficlonerange(d, s, 0, 65536, 0)),
+     errno.ETXTBSY, "xfs"),
+    ("ficlone_from", _with_fds(lambda d, s: ficlone(s, d)), errno.ETXTBSY, "xfs"),
+    ("dedupe_into", _with_fds(lambda d, s: dedupe(s, 0, 65536, d, 0)), errno.ETXTBSY, "xfs"),
+    ("dedupe_from", _with_fds(lambda d, s: dedupe(d, 0, 65536, s, 0)), errno.ETXTBSY, "xfs"),
+    ("unlink", op_unlink, errno.EPERM, "ext4 xfs"),
+    ("rename", op_rename, errno.EPERM, "ext4 xfs"),
+    ("rename_over", op_rename_over, errno.EPERM, "ext4 xfs"),
+    ("mmap_shared_write", op_mmap_shared_write, errno.ETXTBSY, "ext4 xfs"),
+]
+
+PIN_SIZE = MiB
+
+
+def _pinned_pair(mp, name):
+    """img (mapped) and other: two files with the same bytes on separate
+    blocks, so that dedupe has something to do."""
+    img, other = mp / ("img-" + name), mp / ("other-" + name)
+    write_file(img, PIN_SIZE, seed=31)
+    write_file(other, PIN_SIZE, seed=31)
+    return img, other
+
+
+def _assert_intact(img, dev):
+    """The file is where it was, with its bytes, and the device still maps them."""
+    assert os.stat(img).st_size == PIN_SIZE
+    dmloop.verify_random(img, PIN_SIZE, seed=31)
+    dmloop.verify_random(dev, PIN_SIZE, seed=31, direct=True)
+
+
+@pytest.mark.parametrize("pin_fs,op,err", [
+    pytest.param(fs, op, err, id="%s-%s" % (fs, name))
+    for name, op, err, fss in REFUSED for fs in fss.split()
+], indirect=["pin_fs"])
+def test_pinned_file_refuses(pin_fs, op, err, request):
+    """While a block-mode device maps the file, the operation fails with the
+    errno 6.1 gives an active swapfile and changes nothing; once the device
+    is removed the same operation works."""
+    img, other = _pinned_pair(pin_fs, request.node.callspec.id)
+    dev = dmloop.create("pin", table(img, PIN_SIZE))
+    try:
+        assert status_fields("pin")["mode"] == "block"
+        with pytest.raises(OSError) as e:
+            op(img, other)
+        assert e.value.errno == err, "%s instead of %s" % (
+            errno.errorcode.get(e.value.errno), errno.errorcode[err])
+        _assert_intact(img, dev)
+    finally:
+        dmloop.remove("pin")
+    op(img, other)
+
+
+def op_read(img, other):
+    dmloop.verify_random(img, PIN_SIZE, seed=31)
+    dmloop.verify_random(img, PIN_SIZE, seed=31, direct=True)
+
+
+def op_stat(img, other):
+    st = os.stat(img)
+    assert st.st_size == PIN_SIZE and st.st_blocks * 512 >= PIN_SIZE
+
+
+ALLOWED = [("read", op_read), ("stat", op_stat)]
+
+
+@pytest.mark.parametrize("pin_fs,op", [
+    pytest.param(fs, op, id="%s-%s" % (fs, name)) for name, op in ALLOWED for fs in ("ext4", "xfs")
+], indirect=["pin_fs"])
+def test_pinned_file_allows(pin_fs, op, request):
+    """Reading and stat()ing the backing file still work while it is pinned."""
+    img, other = _pinned_pair(pin_fs, request.node.callspec.id)
+    dev = dmloop.create("pin", table(img, PIN_SIZE))
+    try:
+        assert status_fields("pin")["mode"] == "block"
+        op(img, other)
+        _assert_intact(img, dev)
+    finally:
+        dmloop.remove("pin")
+
+
+@pytest.mark.parametrize("pin_fs", ["ext4", "xfs"], indirect=True)
+def test_pinned_file_grows_but_never_shrinks(pin_fs):
+    """Growing truncate is not blocked by S_SWAPFILE (DESIGN.md section 3):
+    it works, the mapped bytes stay, and shrinking back is refused."""
+    img, other = _pinned_pair(pin_fs, "grow")
+    dev = dmloop.create("pin", table(img, PIN_SIZE))
+    try:
+        os.truncate(img, PIN_SIZE + MiB)
+        assert os.stat(img).st_size == PIN_SIZE + MiB
+        with pytest.raises(OSError) as e:
+            os.truncate(img, PIN_SIZE)
+        assert e.value.errno == errno.ETXTBSY
+        dmloop.verify_random(img, PIN_SIZE, seed=31)
+        dmloop.verify_random(dev, PIN_SIZE, seed=31, direct=True)
+    finally:
+        dmloop.remove("pin")
+    os.truncate(img, PIN_SIZE)
+
+
+# ------------------------------------------------------------ online defrag
+
+def write_interleaved(img, spacer, nblocks, blk, seed):
+    """Allocate img one block at a time, each followed by a block of spacer,
+    then write img's data and delete spacer: img ends up in nblocks pieces
+    with free space next to each, which is what defragmenters work on."""
+    fi = os.open(img, os.O_RDWR | os.O_CREAT, 0o600)
+    fs = os.open(spacer, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        for i in range(nblocks):
+            fallocate(fi, 0, i * blk, blk)
+            os.fsync(fi)
+            fallocate(fs, 0, i * blk, blk)
+            os.fsync(fs)
+    finally:
+        os.close(fi)
+        os.close(fs)
+    write_file(img, nblocks * blk, seed)
+    os.unlink(spacer)
+    dmloop.sync()
+
+
+DEFRAG = {
+    "ext4": (2, ("-b", "4096"), ["e4defrag", "-v"]),
+    "xfs": (1, (), ["xfs_fsr", "-v"]),
+}
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+def test_online_defrag_cannot_move_pinned_blocks(fstype):
+    """e4defrag (EXT4_IOC_MOVE_EXT) and xfs_fsr (XFS_IOC_SWAPEXT) leave a
+    pinned file's layout and bytes alone; after removal they defragment it."""
+    disk, mkfs_args, tool = DEFRAG[fstype]
+    with dmloop.mounted_fs(fstype, dev=dmloop.scratch_disk(disk), mkfs_args=mkfs_args) as mp:
+        blk = block_size(mp)
+        nblocks = 64
+        img, size = mp / "img", 64 * blk
+        write_interleaved(img, mp / "spacer", nblocks, blk, seed=41)
+        layout = fiemap(img)
+        assert len(layout) > nblocks // 2, "img should be fragmented: %s" % (layout,)
+
+        dev = dmloop.create("defrag", table(img, size))
+        try:
+            assert status_fields("defrag")["extents"] == len(layout)
+            p = dmloop.run(tool + [str(img)], check=False)
+            assert fiemap(img) == layout, "defrag moved pinned blocks:\n%s%s" % (p.stdout, p.stderr)
+            dmloop.verify_random(img, size, seed=41)
+            dmloop.verify_random(dev, size, seed=41, direct=True)
+        finally:
+            dmloop.remove("defrag")
+
+        p = dmloop.run(tool + [str(img)], check=False)
+        assert len(fiemap(img)) < len(layout) // 2, \
+            "defrag did nothing once unpinned:\n%s%s" % (p.stdout, p.stderr)
+        dmloop.drop_caches()
+        dmloop.verify_random(img, size, seed=41)
+
+
+# ------------------------------------------------------------ unmount
+
+@pytest.mark.parametrize("opts", [(), ("force_file",)], ids=["block", "file"])
+@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+def test_filesystem_cannot_be_unmounted_under_device(fstype, opts):
+    """The device holds the backing file open: umount(2) fails with EBUSY
+    while it exists and succeeds once it is removed."""
+    with dmloop.mounted_fs(fstype, dev=dmloop.scratch_disk(1)) as mp:
+        img = mp / "img"
+        write_file(img, MiB, seed=51)
+        dmloop.create("um", table(img, MiB, opts=opts))
+        try:
+            with pytest.raises(OSError) as e:
+                umount2(mp)
+            assert e.value.errno == errno.EBUSY
+            assert dmloop.is_mounted(mp)
+            dmloop.verify_random("/dev/mapper/um", MiB, seed=51, direct=True)
+        finally:
+            dmloop.remove("um")
+        umount2(mp)
+        assert not dmloop.is_mounted(mp)
+
+
+# ------------------------------------------------------------ reload
+
+def fio_verify_cmd(dev, size):
+    return ["fio", "--name=reload", "--filename=%s" % dev, "--rw=randwrite", "--bs=4k",
+            "--direct=1", "--ioengine=psync", "--size=%d" % size, "--verify=crc32c",
+            "--do_verify=1", "--verify_fatal=1", "--randrepeat=1", "--verify_state_save=0"]
+
+
+def test_reload_under_io_keeps_file_pinned():
+    """`dmsetup reload` + `resume` of the same table while fio writes and
+    verifies: after every swap the file is still pinned (the old table's
+    destructor did not unpin the new one), fio's crc32c verify finds every
+    block, the file holds what the device holds, and remove unpins."""
+    with dmloop.mounted_fs("ext4", dev=dmloop.scratch_disk(1)) as mp:
+        img, size = mp / "img", 16 * MiB
+        write_file(img, size, seed=61)
+        tbl = table(img, size)
+        dev = dmloop.create("rl", tbl)
+        fio = subprocess.Popen(fio_verify_cmd(dev, size), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while status_fields("rl")["writes"] == 0 and fio.poll() is None:
+                assert time.monotonic() < deadline, "fio never started writing"
+                time.sleep(0.05)
+            reloads = 0
+            while fio.poll() is None:
+                dmloop.reload("rl", tbl)
+                dmloop.resume("rl")
+                if fio.poll() is None:
+                    reloads += 1
+                assert is_pinned(img), "file unpinned after reload %d" % reloads
+                assert module_figures()["block_devices"] == 1
+                assert status_fields("rl")["mode"] == "block"
+            out = fio.communicate()[0]
+        finally:
+            if fio.poll() is None:
+                fio.kill()
+                fio.wait()
+        assert fio.returncode == 0, out
+        assert reloads >= 3, "fio ended after %d reloads: make it longer\n%s" % (reloads, out)
+        on_device = dmloop.sha256_of(dev, size, direct=True)
+        dmloop.remove("rl")
+        assert not is_pinned(img)
+        # Read through the page cache: removal must have dropped what the
+        # pin probes above cached while the device wrote underneath.
+        assert dmloop.sha256_of(img, size) == on_device
+        assert module_figures()["block_devices"] == 0
+
+
+def test_reload_with_new_offset_on_same_file():
+    """Reloading the device over another range of the same file works (no
+    EBUSY against itself), maps the new range, and keeps the file pinned;
+    removing the device unpins it."""
+    with dmloop.mounted_fs("ext4", dev=dmloop.scratch_disk(1)) as mp:
+        img, size, dev_size = mp / "img", 4 * MiB, 2 * MiB
+        write_file(img, size, seed=62)
+        data = dmloop.random_bytes(size, 62)
+        dev = dmloop.create("rl", table(img, dev_size))
+        try:
+            for offset in (MiB, 2 * MiB, 0):
+                dmloop.reload("rl", table(img, dev_size, offset))
+                assert is_pinned(img)
+                dmloop.resume("rl")
+                assert dmloop.table("rl") == table(img, dev_size, offset)
+                assert status_fields("rl")["mode"] == "block"
+                assert is_pinned(img)
+                assert module_figures()["block_devices"] == 1
+                assert dmloop.read_bytes(dev, dev_size, direct=True) == \
+                    data[offset:offset + dev_size]
+        finally:
+            dmloop.remove("rl")
+        assert not is_pinned(img)
+
+
+@pytest.mark.parametrize("live,new,message", [
+    pytest.param((), ("force_file",), "File is mapped by a block-mode dm-loop device",
+                 id="block_to_file"),
+    pytest.param(("force_file",), (), "File is in use by a file-mode dm-loop device",
+                 id="file_to_block"),
+])
+def test_reload_cannot_switch_mode_on_same_file(live, new, message):
+    """A reload that would switch the same file between block and file mode
+    is refused with EBUSY (the live table's I/O and the new pin would
+    conflict until the resume); the live table keeps working, and the file
+    stays pinned exactly when the live table is in block mode."""
+    with dmloop.mounted_fs("ext4", dev=dmloop.scratch_disk(1)) as mp:
+        img, size = mp / "img", 2 * MiB
+        write_file(img, size, seed=63)
+        tbl = table(img, size, opts=live)
+        dev = dmloop.create("sw", tbl)
+        try:
+            mode = status_fields("sw")["mode"]
+            pos = dmloop.kmsg_pos()
+            p = dmloop.dmsetup("reload", "sw", check=False, input=table(img, size, opts=new) + "\n")
+            assert p.returncode != 0 and "Device or resource busy" in p.stderr, p.stderr
+            want = table_error_re(message, "EBUSY")
+            lines = dmloop.kmsg_since(pos)
+            assert any(want.search(l) for l in lines), lines
+            assert "INACTIVE" not in dmloop.info("sw")
+            dmloop.resume("sw")
+            assert dmloop.table("sw") == tbl and status_fields("sw")["mode"] == mode
+            assert is_pinned(img) == (mode == "block")
+            dmloop.write_random(dev, size, seed=64, direct=True)
+            dmloop.verify_random(dev, size, seed=64, direct=True)
+        finally:
+            dmloop.remove("sw")
+        assert not is_pinned(img)
+        dmloop.verify_random(img, size, seed=64)
+
+
+# ------------------------------------------------------------ other owners
+
+@pytest.mark.parametrize("opts", [(), ("force_file",)], ids=["auto", "force_file"])
+def test_active_swapfile_refused(opts):
+    """A file in use as swap cannot back a device in any mode: EBUSY with its
+    own kernel log line; after swapoff the same table works, and the other
+    way round swapon refuses a file a block-mode device maps."""
+    with dmloop.mounted_fs("ext4", dev=dmloop.scratch_disk(1)) as mp:
+        swap, size = mp / "swap", 4 * MiB
+        write_file(swap, size, seed=71)
+        os.chmod(swap, 0o600)
+        dmloop.run(["mkswap", str(swap)])
+        dmloop.run(["swapon", str(swap)])
+        try:
+            assert_refused("sw", table(swap, size, opts=opts),
+                           "File is in use as a swapfile", "EBUSY")
+        finally:
+            dmloop.run(["swapoff", str(swap)])
+        dmloop.create("sw", table(swap, size, opts=opts))
+        try:
+            if not opts:
+                assert status_fields("sw")["mode"] == "block"
+                p = dmloop.run(["swapon", str(swap)], check=False)
+                if p.returncode == 0:
+                    dmloop.run(["swapoff", str(swap)])
+                assert p.returncode != 0 and "Device or resource busy" in p.stderr, p.stderr
+        finally:
+            dmloop.remove("sw")
+
+
+def test_same_file_twice_refused():
+    """A file a block-mode device maps cannot back a second device (block or
+    file mode): EBUSY, each with its message; the first keeps working, and
+    once it is gone the second can be created."""
+    with dmloop.mounted_fs("ext4", dev=dmloop.scratch_disk(1)) as mp:
+        img, size = mp / "img", 2 * MiB
+        write_file(img, size, seed=81)
+        first = dmloop.create("first", table(img, size))
+        try:
+            assert status_fields("first")["mode"] == "block"
+            assert_refused("second", table(img, size),
+                           "File is already mapped by another dm-loop device", "EBUSY")
+            assert_refused("second", table(img, size, opts=("force_file",)),
+                           "File is mapped by a block-mode dm-loop device", "EBUSY")
+            dmloop.write_random(first, size, seed=82, direct=True)
+            dmloop.verify_random(first, size, seed=82, direct=True)
+            assert status_fields("first")["mode"] == "block"
+            assert is_pinned(img)
+        finally:
+            dmloop.remove("first")
+        dmloop.verify_random(img, size, seed=82)
+        dmloop.create("second", table(img, size))
+        try:
+            assert status_fields("second")["mode"] == "block"
+        finally:
+            dmloop.remove("second")
+
+
+def test_file_mode_device_keeps_block_mode_off_the_file():
+    """A second device cannot pin a file a file-mode device writes through
+    the VFS (its writes would start failing with ETXTBSY): EBUSY; a second
+    file-mode device is allowed, like two loop devices on one file."""
+    with dmloop.mounted_fs("ext4", dev=dmloop.scratch_disk(1)) as mp:
+        img, size = mp / "img", 2 * MiB
+        write_file(img, size, seed=83)
+        first = dmloop.create("first", table(img, size, opts=("force_file",)))
+        try:
+            assert_refused("second", table(img, size),
+                           "File is in use by a file-mode dm-loop device", "EBUSY")
+            assert not is_pinned(img)
+            dmloop.create("second", table(img, size, opts=("force_file",)))
+            dmloop.remove("second")
+            dmloop.write_random(first, size, seed=84, direct=True, fsync=True)
+            dmloop.verify_random(first, size, seed=84, direct=True)
+        finally:
+            dmloop.remove("first")
+        dmloop.verify_random(img, size, seed=84)
