@@ -433,9 +433,9 @@ def test_suspend_resume_and_remove_with_io_in_flight():
             finally:
                 out, err = job.communicate(timeout=900)
                 os.close(holder)
-            assert cycles >= 5, "fio finished too early to test anything (%d cycles)" % cycles
             assert job.returncode == 0, out + err
             assert fm.fio_errors(out) == 0, out
+            assert cycles >= 5, "fio finished too early to test anything (%d cycles)" % cycles
             assert refused.returncode != 0 and "busy" in refused.stderr.lower(), refused
             assert fm.target_info("fm-susp")["errors"] == 0
             dmloop.remove("fm-susp", retries=1)
