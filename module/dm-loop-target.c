@@ -237,7 +237,7 @@ int loop_inode_use(struct loop_c *lc)
 	if (li->pins) {
 		lc->ti->error = "File is mapped by a block-mode dm-loop device";
 		r = -EBUSY;
-	} else if (!li->pins && IS_SWAPFILE(inode)) {
+	} else if (IS_SWAPFILE(inode)) {
 		lc->ti->error = "File is in use as a swapfile";
 		r = -EBUSY;
 	}

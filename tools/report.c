@@ -300,6 +300,8 @@ static size_t gather_kernel_log(struct report *r)
 					fprintf(out, "%s\n", line);
 					lines++;
 				}
+			if (lines == 0)
+				fputs("(no dm-loop lines in the kernel log)\n", out);
 			fclose(out);
 		}
 		unlink(path);
@@ -341,6 +343,8 @@ static size_t gather_kernel_log(struct report *r)
 		lines++;
 	}
 	close(fd);
+	if (lines == 0)
+		fputs("(no dm-loop lines in the kernel log)\n", out);
 	fclose(out);
 	return lines;
 }
@@ -604,8 +608,7 @@ static const struct dm_device *find_dm(const struct dm_device_list *l,
 	return NULL;
 }
 
-static void write_summary(struct report *r, const char *arg,
-			  const char *label, const char *name,
+static void write_summary(struct report *r, const char *label,
 			  struct target_view *v, size_t nv, const char *verdict,
 			  const char *module_version, size_t log_lines)
 {
@@ -619,8 +622,7 @@ static void write_summary(struct report *r, const char *arg,
 		uname[strcspn(uname, "\n")] = '\0';
 	fprintf(f, "dm-loop report by " PROGNAME " " DMLOOP_INSPECT_VERSION ", %s\n\n",
 		when);
-	fprintf(f, "device:      %s%s%s\n", label ? label : arg,
-		name && !label ? " " : "", name && !label ? name : "");
+	fprintf(f, "device:      %s\n", label);
 	fprintf(f, "kernel:      %s\n", uname ? uname : "?");
 	fprintf(f, "dm_loop:     %s\n", module_version ? module_version : "not loaded");
 	for (size_t i = 0; i < nv; i++) {
@@ -791,7 +793,7 @@ static int report(const char *arg, const char *output)
 	bool have_dt = false, partial, have_minor = false;
 	unsigned int minor = 0;
 	const char *name = NULL;
-	char *verdict = NULL, *module_version = NULL, *out_path;
+	char *verdict = NULL, *module_version = NULL, *out_path, *label = NULL;
 	char tmpl[PATH_MAX];
 	const char *tmpdir = getenv("TMPDIR");
 	int rc = EXIT_ERROR;
@@ -844,7 +846,7 @@ static int report(const char *arg, const char *output)
 		have_dt = true;
 		have_minor = true;
 		minor = dt.minor;
-		name = dt.n ? dt.t[0].inst->name : NULL;
+		name = dt.name;
 		if (partial)
 			missing_errors(&r, "debugfs", "some files did not parse");
 	} else {
@@ -926,10 +928,19 @@ static int report(const char *arg, const char *output)
 	log_lines = gather_kernel_log(&r);
 
 	fflush(r.missing);
-	write_summary(&r, arg, have_dt ? dt.label : NULL, name, views, nviews,
-		      verdict, module_version, log_lines);
-	write_text(&r, "MISSING", r.missing_text ? r.missing_text : "",
-		   r.missing_len);
+	if (have_dt)
+		label = xstrdup(dt.label);
+	else if (dmd)
+		label = xasprintf("dm-%u (%s)", dmd->minor, dmd->name);
+	else
+		label = xasprintf("%s (not found)", arg);
+	write_summary(&r, label, views, nviews, verdict, module_version,
+		      log_lines);
+	if (r.nmissing)
+		write_text(&r, "MISSING", r.missing_text, r.missing_len);
+	else
+		write_text(&r, "MISSING", "nothing: every part was gathered\n",
+			   strlen("nothing: every part was gathered\n"));
 	error_capture(NULL, false);
 
 	if (pack(&r, out_path) == 0) {
@@ -956,6 +967,7 @@ cleanup:
 	free(r.top);
 	free(r.name);
 	free(verdict);
+	free(label);
 	free(module_version);
 	free(out_path);
 	return rc;

@@ -74,7 +74,7 @@ static void show_json(const struct device_targets *dt)
 	json_object_begin(&j, NULL);
 	json_string(&j, "device", dt->label);
 	json_u64(&j, "minor", dt->minor);
-	json_string(&j, "name", dt->n ? dt->t[0].inst->name : NULL);
+	json_string(&j, "name", dt->name);
 	json_array_begin(&j, "targets");
 	for (size_t i = 0; i < dt->n; i++) {
 		const struct target *t = &dt->t[i];

@@ -176,7 +176,21 @@ int device_targets_load(const char *arg, const uint64_t *start_sector,
 		unsigned int ma, mi;
 		int rc = dm_find_by_name(key, &ma, &mi, true);
 
-		if (rc == -ENXIO)
+		/*
+		 * A `name` file need not say the dm name (ENXIO while the
+		 * device goes away; modules before 1.0.0's fix printed
+		 * "major:minor"): device-mapper knows the number.
+		 */
+		if (rc == 0) {
+			by = BY_MINOR;
+			minor = mi;
+			for (i = 0; i < dt->all.n; i++)
+				if (matches(&dt->all.v[i], by, minor, key, dm_major))
+					break;
+		}
+		if (i < dt->all.n)
+			dt->name = xstrdup(key);
+		else if (rc == -ENXIO)
 			error("%s: no device-mapper device of that name", key);
 		else if (rc == 0)
 			error("%s (dm-%u): no dm-loop target in %s/dm-loop", key,
@@ -184,7 +198,8 @@ int device_targets_load(const char *arg, const uint64_t *start_sector,
 		else
 			error("%s: no dm-loop target of that name in %s/dm-loop",
 			      key, debugfs_root());
-		goto bad;
+		if (i == dt->all.n)
+			goto bad;
 	}
 	if (i == dt->all.n) {
 		error("%s: no dm-loop target of this device in %s/dm-loop", arg,
@@ -209,8 +224,10 @@ int device_targets_load(const char *arg, const uint64_t *start_sector,
 		      *start_sector);
 		goto bad;
 	}
-	if (dt->t[0].inst->name)
-		dt->label = xasprintf("dm-%u (%s)", dt->minor, dt->t[0].inst->name);
+	if (!dt->name && dt->t[0].inst->name)
+		dt->name = xstrdup(dt->t[0].inst->name);
+	if (dt->name)
+		dt->label = xasprintf("dm-%u (%s)", dt->minor, dt->name);
 	else
 		dt->label = xasprintf("dm-%u", dt->minor);
 	for (i = 0; i < dt->n; i++)
@@ -246,6 +263,7 @@ void device_targets_free(struct device_targets *dt)
 	}
 	free(dt->t);
 	free(dt->arg);
+	free(dt->name);
 	free(dt->label);
 	instance_list_free(&dt->all);
 	memset(dt, 0, sizeof(*dt));

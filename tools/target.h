@@ -21,6 +21,7 @@ struct target {
 
 struct device_targets {
 	char *arg;			/* as typed */
+	char *name;			/* the dm name, NULL if unknown */
 	char *label;			/* "dm-3 (img0)" */
 	unsigned int minor;
 	struct instance_list all;
