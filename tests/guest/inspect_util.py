@@ -1,11 +1,12 @@
 """Run dmloop-inspect in the guest, and lay out files for it to look at.
 
-- Inspect runs tools/dmloop-inspect and its ASan/UBSan twin
+- inspect() runs tools/dmloop-inspect and its ASan/UBSan twin
   (tools/dmloop-inspect-asan, `make -C tools asan`) with the same arguments
   and fails on any sanitizer report, a signal, or an unexpected exit status.
+  $DMLOOP_INSPECT_TOOLS names another directory holding both binaries.
 - make_contiguous() / make_fragmented() give a file in one extent and a
   file scattered over single free blocks (ext4 with 4 KiB or 1 KiB blocks,
-  XFS); layouts() makes both on a fresh filesystem.
+  XFS).
 - filefrag() runs `filefrag -v` (as saved for --filefrag) and parses its
   extent lines.
 
@@ -21,7 +22,8 @@ import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-TOOLS = REPO / "tools"
+# Another build of the tools (e.g. a deliberately broken one) to test.
+TOOLS = Path(os.environ.get("DMLOOP_INSPECT_TOOLS") or REPO / "tools")
 BINARIES = ("dmloop-inspect", "dmloop-inspect-asan")
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
                    "runtime error:", "SUMMARY: UndefinedBehaviorSanitizer",
@@ -31,7 +33,10 @@ MiB = 1 << 20
 
 
 def build_tools():
-    """make both binaries (a no-op when they are up to date)."""
+    """make both binaries (a no-op when they are up to date); not when
+    $DMLOOP_INSPECT_TOOLS points elsewhere."""
+    if os.environ.get("DMLOOP_INSPECT_TOOLS"):
+        return
     subprocess.run(["make", "-s", "-C", str(TOOLS)] + list(BINARIES), check=True,
                    capture_output=True)
 

@@ -25,7 +25,9 @@ import pytest
 import dmloop
 
 REPO = Path(__file__).resolve().parents[2]
-INSTALL = REPO / "debug" / "install"
+# DMLOOP_INSTALL_SCRIPT: another copy of debug/install (to see these tests
+# fail against a broken one).
+INSTALL = Path(os.environ.get("DMLOOP_INSTALL_SCRIPT", str(REPO / "debug" / "install")))
 KVER = os.uname().release
 MODDIR = Path("/lib/modules") / KVER
 MANIFEST = Path("/var/lib/dm-loop/install-manifest")
