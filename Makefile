@@ -10,6 +10,9 @@
 #               Debian's stock 6.1: debug (6.1 + KASAN/lockdep/kmemleak),
 #               6.12, 7.2.  The module is built for it under build/mod-NAME/.
 
+# `make` alone builds (bench and others are defined before `all`).
+.DEFAULT_GOAL := all
+
 PY      := /usr/bin/python3
 PYTEST  := $(PY) -m pytest -p no:cacheprovider
 VM      := debug/vm
@@ -24,7 +27,7 @@ T ?=
 DEB_PACKAGES := qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
 	busybox-static kmod cpio e2fsprogs xfsprogs btrfs-progs dmsetup \
 	libdevmapper-dev fio python3 python3-pytest sparse linux-source-6.1 \
-	gcc make libc6-dev pkg-config util-linux coreutils attr \
+	gcc make libc6-dev pkg-config util-linux coreutils attr dkms \
 	libelf-dev bc flex bison tar gzip xz-utils file groff-base man-db
 
 KERNEL ?= stock
@@ -130,6 +133,25 @@ check-host: all checkpatch
 
 check-guest: all
 	$(GUEST_RUN) $(T)
+
+# Install like a kernel module (debug/install; DESTDIR=, PREFIX= as usual):
+# the module into /lib/modules/<its version>/updates/ plus depmod,
+# dmloop-inspect, both man pages, and a dmlosetup link when there is none.
+.PHONY: install uninstall dkms-install dkms-remove
+install: all
+	debug/install install
+
+uninstall:
+	debug/install uninstall
+
+# DKMS: sources to /usr/src/dm-loop-<version>, dkms add, build, install
+# (KVER=<version> to build for another installed kernel).
+dkms-install:
+	@debug/deps dkms
+	debug/install dkms-install
+
+dkms-remove:
+	debug/install dkms-remove
 
 demo: deps all
 	$(VM) --disk 1G --timeout 600 -- bash debug/demo
