@@ -697,3 +697,103 @@ def test_man_page_renders_without_warnings():
         assert p.returncode == 0 and p.stderr == "", p.stderr
         for section in ("SYNOPSIS", "DESCRIPTION", "EXIT STATUS", "EXAMPLES"):
             assert section in p.stdout
+
+
+# ------------------------------------- captured in the VM with the real module
+
+def guest_captures():
+    """(kernel, fs, device, file, offset, instance dir) of every debugfs dump
+    fixtures/capture-guest.py took from the real module in the VM; the
+    filefrag outputs of the same files are in fixtures/filefrag/<kernel>/."""
+    out = []
+    for kernel in sorted(os.listdir(DBG)):
+        if not kernel.startswith("guest-"):
+            continue
+        for fs in sorted(os.listdir(os.path.join(DBG, kernel))):
+            top = os.path.join(DBG, kernel, fs, "dm-loop")
+            for inst in sorted(os.listdir(top)):
+                d = os.path.join(top, inst)
+                info = dict(line.rstrip("\n").split(": ", 1) for line in open(os.path.join(d, "info")))
+                name = open(os.path.join(d, "name")).read().strip()
+                file = os.path.basename(info["path"]).rsplit(".", 1)[0]
+                out.append(pytest.param(kernel, fs, name, file, int(info["offset"]), d,
+                                        id="%s-%s" % (kernel, name)))
+    return out
+
+
+GUEST = guest_captures()
+VARIANTS = ["", ".b512", ".e"]
+
+
+def guest_ff(kernel, fs, file, variant=""):
+    return os.path.join(FF, kernel, "%s-%s%s.txt" % (fs, file, variant))
+
+
+def test_guest_captures_exist():
+    """ext4 (4 KiB, 1 KiB blocks) and XFS, each with a contiguous and a
+    fragmented file, at offset 0 and not."""
+    got = {(p.values[1], p.values[3], p.values[4] > 0) for p in GUEST}
+    for fs in ("ext4-4k", "ext4-1k", "xfs"):
+        assert {(fs, "contig", False), (fs, "frag", False), (fs, "frag", True)} <= got, fs
+
+
+@pytest.mark.parametrize("kernel,fs,dev,file,offset,d", GUEST)
+def test_guest_capture_agrees(tool, kernel, fs, dev, file, offset, d):
+    """The real module's table agrees with the real filefrag outputs of its
+    file: in blocks, in sectors and in -e form; by device and offline."""
+    root = os.path.dirname(os.path.dirname(d))
+    for variant in VARIANTS:
+        p = tool("compare", dev, "--no-fiemap", "--filefrag", guest_ff(kernel, fs, file, variant),
+                 debugfs=root, expect=0)
+        assert "verdict: agree" in p.stdout and "offset %d" % offset in p.stdout
+    tool("compare", "--extents", os.path.join(d, "extents"), "--info", os.path.join(d, "info"),
+         "--filefrag", guest_ff(kernel, fs, file), "--filefrag",
+         guest_ff(kernel, fs, file, ".b512"), expect=0)
+
+
+@pytest.mark.parametrize("kernel,fs,dev,file,offset,d",
+                         [p for p in GUEST if p.values[4] == 0])
+def test_guest_capture_show_matches_filefrag_b512(tool, kernel, fs, dev, file, offset, d):
+    """show lists the kernel's extents in filefrag -v -b512 columns: the same
+    extents filefrag found (adjacent ones merged, as dm-loop keeps them)."""
+    out = tool("show", dev, debugfs=os.path.dirname(os.path.dirname(d)), expect=0).stdout
+    mine = [tuple(int(x) for x in m.group(1, 3, 5)) for m in map(EXT_RE.match, out.splitlines()) if m]
+    theirs = []
+    for m in map(EXT_RE.match, open(guest_ff(kernel, fs, file, ".b512")).read().splitlines()):
+        if not m:
+            continue
+        lo, ph, n = int(m.group(1)), int(m.group(3)), int(m.group(5))
+        if theirs and theirs[-1][0] + theirs[-1][2] == lo and theirs[-1][1] + theirs[-1][2] == ph:
+            theirs[-1] = (theirs[-1][0], theirs[-1][1], theirs[-1][2] + n)
+        else:
+            theirs.append((lo, ph, n))
+    assert mine == theirs
+    if file == "contig":
+        assert len(mine) == 1
+    else:
+        assert len(mine) > 32
+
+
+@pytest.mark.parametrize("kernel,fs,dev,file,offset,d",
+                         [p for p in GUEST if p.values[3] == "frag"])
+def test_guest_capture_altered_filefrag_differs(tool, tmp_path, kernel, fs, dev, file, offset, d):
+    """One extent of the real filefrag -v moved 5 blocks on the disk: compare
+    exits 1 and names that extent's file byte range as shifted."""
+    text = open(guest_ff(kernel, fs, file)).read()
+    unit = int(re.search(r"blocks? of (\d+) bytes", text).group(1))
+    lines = text.splitlines(keepends=True)
+    idx = [i for i, l in enumerate(lines) if EXT_RE.match(l)]
+    i = idx[len(idx) * 2 // 3]
+    m = EXT_RE.match(lines[i])
+    lo, n = int(m.group(1)), int(m.group(5))
+    lines[i] = (lines[i][:m.start(3)] + str(int(m.group(3)) + 5).rjust(m.end(3) - m.start(3)) +
+                lines[i][m.end(3):m.start(4)] + str(int(m.group(4)) + 5).rjust(m.end(4) - m.start(4)) +
+                lines[i][m.end(4):])
+    altered = tmp_path / "altered.txt"
+    altered.write_text("".join(lines))
+    p = tool("compare", "--json", dev, "--no-fiemap", "--filefrag", altered,
+             debugfs=os.path.dirname(os.path.dirname(d)), expect=1)
+    diffs = json.loads(p.stdout)["targets"][0]["comparisons"][0]["differences"]
+    start, end = max(lo * unit, offset), (lo + n) * unit
+    assert [(x["kind"], x["file_start"], x["file_end"]) for x in diffs] == [("shifted", start, end)]
+    assert diffs[0]["file_host_byte"] - diffs[0]["kernel_host_byte"] == 5 * unit
