@@ -45,6 +45,8 @@ def _is_guest_item(item):
 
 def pytest_configure(config):
     global _kmsg
+    config.addinivalue_line("markers", "stress: a long reliability test; skipped unless "
+                            "DMLOOP_STRESS=1 (make stress runs them: -m stress)")
     if IN_VM and _kmsg is None:
         _kmsg = dmloop.Kmsg()
 

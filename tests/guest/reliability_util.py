@@ -27,6 +27,21 @@ PARAMS = Path("/sys/module/dm_loop/parameters")
 DEBUGFS = Path("/sys/kernel/debug/dm-loop")
 KMEMLEAK = Path("/sys/kernel/debug/kmemleak")
 
+# The long variants: marked `stress` (make stress selects them with -m
+# stress) and skipped unless DMLOOP_STRESS=1, so a make check that lists a
+# whole file still leaves them out.
+STRESS = os.environ.get("DMLOOP_STRESS") == "1"
+stress = [pytest.mark.stress,
+          pytest.mark.skipif(not STRESS, reason="long test: make stress runs it (DMLOOP_STRESS=1)")]
+
+
+def stressed(fn):
+    """Decorator form of `stress`."""
+    for mark in reversed(stress):
+        fn = mark(fn)
+    return fn
+
+
 # ------------------------------------------------------------ dm ioctls
 
 # struct dm_ioctl (linux/dm-ioctl.h): version[3], data_size, data_start,
@@ -292,13 +307,28 @@ def slab_active():
     return out
 
 
+def _shrink_order(path):
+    """Sort key: object size, and the plain kmalloc-N after kmalloc-{cg,rcl}-N."""
+    m = re.search(r"(\d+)(k?)$", path.name)
+    size = int(m.group(1)) << (10 if m.group(2) else 0) if m else 0
+    return size, not re.fullmatch(r"kmalloc-\d+k?", path.name)
+
+
 def settle_slabs():
-    """Free what RCU and the page allocator hold back, so slab counts settle."""
+    """Free what RCU and the page allocator hold back, so slab counts settle.
+
+    SLUB counts every object of a CPU's active slab as in use: shrinking a
+    cache hands that slab back, and the next allocation from the cache takes
+    a whole slab again (kmalloc-8: 512 objects).  Each write to a shrink file
+    allocates a small buffer (kernfs copies the "1" into kmalloc-8), so the
+    caches are shrunk largest first and kmalloc-8 last: no write follows it."""
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("2\n")
     time.sleep(0.2)
-    for cache in Path("/sys/kernel/slab").glob("kmalloc-*"):
+    caches = sorted(Path("/sys/kernel/slab").glob("kmalloc-*"), key=_shrink_order,
+                    reverse=True)
+    for cache in caches:
         try:
             (cache / "shrink").write_text("1")
         except OSError:

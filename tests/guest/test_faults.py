@@ -327,13 +327,22 @@ def _set(directory, **values):
     return old
 
 
+# Checked at collection (in the guest, debugfs mounted), so that a kernel
+# without them skips before the host fixture makes a filesystem.
+needs_fail_make_request = pytest.mark.skipif(
+    not FAIL_MAKE_REQUEST.is_dir(),
+    reason="kernel without CONFIG_FAIL_MAKE_REQUEST (the debug kernel has it)")
+needs_failslab = pytest.mark.skipif(
+    not FAILSLAB.is_dir() or not Path("/proc/thread-self/fail-nth").exists(),
+    reason="kernel without CONFIG_FAILSLAB and fail-nth (the debug kernel has them)")
+
+
+@needs_fail_make_request
 @pytest.mark.parametrize("mode", list(MODES))
 def test_fail_make_request_on_host_disk(host, mode):
     """fail_make_request on the scratch disk under rel-host (every bio to it
     fails): reads, writes and fsync on the dm-loop device fail with EIO as
     in a window fault, nothing hangs, and the device works again after."""
-    if not FAIL_MAKE_REQUEST.is_dir():
-        pytest.skip("kernel without CONFIG_FAIL_MAKE_REQUEST (the debug kernel has it)")
     disk = Path("/sys/block") / os.path.basename(host.disk)
     with DmControl() as dm:
         node = _loop_device(dm, host, mode)
@@ -364,14 +373,13 @@ def _fail_nth_left():
     return int(Path("/proc/thread-self/fail-nth").read_text())
 
 
+@needs_failslab
 @pytest.mark.parametrize("mode", list(MODES))
 def test_failslab_during_table_load(host, mode):
     """The n-th allocation (slab and page) of a table load fails, for n = 1,
     2, ... until a load goes through untouched: each load is refused with
     ENOMEM (or another clean errno) leaving nothing behind, or loads a
     working table; no kmemleak report names dm-loop afterwards."""
-    if not FAILSLAB.is_dir() or not Path("/proc/thread-self/fail-nth").exists():
-        pytest.skip("kernel without CONFIG_FAILSLAB and fail-nth (the debug kernel has them)")
     old = _set(FAILSLAB, ignore_gfp_wait="N", verbose=0, probability=0)
     tally = {"refused": 0, "loaded": 0}
     errnos = set()

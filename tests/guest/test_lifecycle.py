@@ -9,8 +9,8 @@ after hundreds of devices; on a kernel with kmemleak, a scan names nothing
 of dm-loop.  Tables go through DM ioctls on /dev/mapper/control (one
 system call each); fio does the I/O with verification.
 
-The long variants carry the `stress` mark: `make stress` runs them
-(`-m stress`), `make check` leaves them out (`-m "not stress"`).
+The long variants carry the `stress` mark and are skipped unless
+DMLOOP_STRESS=1: `make stress` runs them (`-m stress`), `make check` does not.
 """
 
 import errno
@@ -26,9 +26,8 @@ import dmloop
 from reliability_util import (  # noqa: F401 (module_figures_back_to_zero: autouse fixture)
     MiB, DmControl, PARAMS, assert_module_idle, fio_available, fio_cmd, fio_err_total,
     kmemleak_available, kmemleak_blocks, kmemleak_scan, module_figures_back_to_zero,
-    read_direct, settle_slabs, slab_active, slab_growth, write_probe)
+    read_direct, settle_slabs, slab_active, slab_growth, stress, write_probe)
 
-stress = pytest.mark.stress
 PREFIX = "life"
 MODES = {"block": "", "file": " 1 force_file"}
 # unmapped: a preallocated (unwritten) file, no options: file mode by itself.
