@@ -60,7 +60,7 @@ bench-quick: deps all
 	@debug/deps python3-matplotlib
 	debug/bench --quick
 
-.PHONY: all module module-prebuilt tools deps check check-host check-guest guest-result demo clean checkpatch
+.PHONY: all module module-prebuilt tools deps check check-host check-guest stress guest-result demo clean checkpatch
 
 all: $(MODULE_TARGET) tools
 
@@ -133,6 +133,14 @@ check-host: all checkpatch
 
 check-guest: all
 	$(GUEST_RUN) $(T)
+
+# The long reliability tests (marked stress: 1000 create/remove cycles,
+# minutes of suspend/reload under fio verify, 64 devices, 5000 hostile
+# tables): not in make check.  KERNEL= and T= work as for check-guest.
+STRESS_TESTS ?= tests/guest/test_lifecycle.py tests/guest/test_hostile_tables.py
+stress: all
+	$(VM) $(VM_KERNEL) $(GUEST_DISKS) --timeout 5400 -- env DMLOOP_KO=$(abspath $(KO)) \
+		DMLOOP_STRESS=1 $(PYTEST) -q -rs -m stress $(STRESS_TESTS) $(T)
 
 # Install like a kernel module (debug/install; DESTDIR=, PREFIX= as usual):
 # the module into /lib/modules/<its version>/updates/ plus depmod,
