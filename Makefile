@@ -142,6 +142,13 @@ stress: all
 	$(VM) $(VM_KERNEL) $(GUEST_DISKS) --timeout 5400 -- env DMLOOP_KO=$(abspath $(KO)) \
 		DMLOOP_STRESS=1 $(PYTEST) -q -rs -m stress $(STRESS_TESTS) $(T)
 
+# The whole filesystem x layout x offset matrix (debug/matrix, one VM with
+# an 8 GiB sparse disk; hours under TCG): the table in build/matrix/matrix.md
+# and .csv.  make check runs its fast subset (tests/guest/test_matrix.py).
+.PHONY: matrix
+matrix: deps all
+	DMLOOP_KO=$(abspath $(KO)) debug/matrix $(VM_KERNEL) $(T)
+
 # Install like a kernel module (debug/install; DESTDIR=, PREFIX= as usual):
 # the module into /lib/modules/<its version>/updates/ plus depmod,
 # dmloop-inspect, both man pages, and a dmlosetup link when there is none.
