@@ -18,16 +18,16 @@ import errno
 import fcntl
 import io
 import os
-import shutil
 import struct
 import sys
 import tempfile
 import time
 from collections import namedtuple
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import dmloop
+import filemode_util as fm
 
 REPO = dmloop.REPO
 sys.path.insert(0, str(REPO / "fixtures" / "recipes"))
@@ -46,18 +46,18 @@ OFFSETS = (0, 1, 7)            # device offset in blocks: zero, one, an odd numb
 # has ever shared an extent (XFS: xfs_vm_bmap checks xfs_is_cow_inode()).
 FsSpec = namedtuple("FsSpec", "name fstype mkfs small reason reflink_flag_refuses_bmap")
 FILESYSTEMS = {
-    "ext2": FsSpec("ext2", "ext2", ("-b", "4096", "-m", "0"), 64 * MiB, None, False),
-    "ext3": FsSpec("ext3", "ext3", ("-b", "4096", "-m", "0"), 64 * MiB, None, False),
-    "ext4-4k": FsSpec("ext4-4k", "ext4", ("-b", "4096", "-m", "0"), 64 * MiB, None, False),
-    "ext4-1k": FsSpec("ext4-1k", "ext4", ("-b", "1024", "-m", "0"), 64 * MiB, None, False),
-    "xfs": FsSpec("xfs", "xfs", ("-m", "reflink=0"), 300 * MiB, None, True),
-    "xfs-reflink": FsSpec("xfs-reflink", "xfs", ("-m", "reflink=1"), 300 * MiB, None, True),
-    "btrfs": FsSpec("btrfs", "btrfs", (), 256 * MiB, "no_bmap", False),
+    "ext2": FsSpec("ext2", "ext2", ("-b", "4096", "-m", "0", "-E", "nodiscard"), 64 * MiB, None, False),
+    "ext3": FsSpec("ext3", "ext3", ("-b", "4096", "-m", "0", "-E", "nodiscard"), 64 * MiB, None, False),
+    "ext4-4k": FsSpec("ext4-4k", "ext4", ("-b", "4096", "-m", "0", "-E", "nodiscard"), 64 * MiB, None, False),
+    "ext4-1k": FsSpec("ext4-1k", "ext4", ("-b", "1024", "-m", "0", "-E", "nodiscard"), 64 * MiB, None, False),
+    "xfs": FsSpec("xfs", "xfs", ("-K", "-m", "reflink=0"), 300 * MiB, None, True),
+    "xfs-reflink": FsSpec("xfs-reflink", "xfs", ("-K", "-m", "reflink=1"), 300 * MiB, None, True),
+    "btrfs": FsSpec("btrfs", "btrfs", ("-K",), 256 * MiB, "no_bmap", False),
     "tmpfs": FsSpec("tmpfs", None, (), None, "no_bdev", False),
     "9p": FsSpec("9p", None, (), None, "no_bdev", False),
     # NFS v4.2 from the guest's own nfsd, exporting XFS with reflink (so the
     # reflink cell exists); recipes run on the server side.
-    "nfs": FsSpec("nfs", "xfs", ("-m", "reflink=1"), 300 * MiB, "no_bdev", False),
+    "nfs": FsSpec("nfs", "xfs", ("-K", "-m", "reflink=1"), 300 * MiB, "no_bdev", False),
 }
 FS_NAMES = list(FILESYSTEMS)
 LAYOUTS = list(layouts.RECIPES)
@@ -127,24 +127,12 @@ def place(fs, layout, disk):
     """A fresh place of filesystem `fs` sized for `layout`, on scratch `disk`."""
     spec = FILESYSTEMS[fs]
     if spec.name == "tmpfs":
-        mp = Path(tempfile.mkdtemp(prefix="mx-tmpfs-", dir="/tmp"))
-        dmloop.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mp)])
-        try:
+        with fm.tmpfs_mount("256m") as mp:
             yield Place(mp, mp, "seek")
-        finally:
-            dmloop.umount(mp)
-            os.rmdir(mp)
         return
     if spec.name == "9p":
-        top = REPO / "build" / "matrix"
-        top.mkdir(parents=True, exist_ok=True)
-        if layouts.fs_type(top) != "9p":
-            raise NotAvailable("the repository is not a 9p mount in this guest")
-        d = Path(tempfile.mkdtemp(prefix="9p-", dir=str(top)))
-        try:
+        with fm.ninep_dir() as d:
             yield Place(d, d, "none")
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
         return
     size = None if layout == "big" else spec.small
     if layout == "big" and dmloop.device_size(disk) < 5 * GiB:
@@ -170,11 +158,6 @@ class NotAvailable(Exception):
 @contextlib.contextmanager
 def nfs_mount(export):
     """NFS v4.2 over loopback, from the file-mode tests' helper."""
-    try:
-        import filemode_util as fm
-        fm.nfs_missing, fm.nfs_export
-    except (ImportError, AttributeError) as e:
-        raise NotAvailable("no NFS helper (tests/guest/filemode_util.py): %s" % e)
     why = fm.nfs_missing()
     if why:
         raise NotAvailable(why)
@@ -347,6 +330,7 @@ class Row:
     result: str = "-"
     note: str = ""
     phases: str = ""
+    kernel: str = field(default_factory=lambda: os.uname().release)
 
     def phase(self, name, t0):
         """Note the seconds since t0 under `name`; returns now."""
@@ -409,7 +393,7 @@ def markdown(rows, title):
               "verified through the device; "
               "`after`: the file holds exactly the device's data at the offset "
               "after removal; `compare`: `dmloop-inspect compare` (0 = agrees).\n\n"
-              % os.uname().release)
+              % (", ".join(sorted({r.kernel for r in rows if r.kernel})) or "unknown"))
     fss = [f for f in FS_NAMES if any(r.fs == f for r in rows)]
     lays = [lay for lay in LAYOUTS if any(r.layout == lay for r in rows)]
     out.write("| | %s |\n|---|%s\n" % (" | ".join(lays), "---|" * len(lays)))
@@ -713,3 +697,44 @@ def run_cell(fs, layout, offsets, disk):
     finally:
         stack.close()
     return rows, failures
+
+
+def read_csv(path):
+    """The Rows of a CSV written by write_report (columns it lacks: defaults)."""
+    names = {f.name for f in fields(Row)}
+    with open(path, newline="") as f:
+        # No kernel column: unknown (not this machine's kernel).
+        return [Row(**dict({"kernel": ""}, **{k: v for k, v in r.items() if k in names}))
+                for r in csv.DictReader(f)]
+
+
+def merge(base, title, paths):
+    """One report from the CSVs of several runs of the matrix (debug/matrix
+    runs two guests, one from each end of the cell list): each cell once,
+    a finished result over an unfinished one, in the matrix's order."""
+    best = {}
+    order = {(f, lay): i for i, (f, lay) in enumerate((f, lay) for f in FS_NAMES for lay in LAYOUTS)}
+    for p in paths:
+        if not os.path.exists(p):
+            continue
+        for r in read_csv(p):
+            key = (r.fs, r.layout, r.offset_blocks)
+            if key not in best or best[key].result in ("-", "") and r.result not in ("-", ""):
+                best[key] = r
+    kernels = {r.kernel for r in best.values() if r.kernel}
+    rows = sorted(best.values(), key=lambda r: (order.get((r.fs, r.layout), 1 << 30),
+                                                int(r.offset_blocks) if r.offset_blocks.isdigit()
+                                                else -1))
+    for r in rows:
+        if not r.kernel and len(kernels) == 1:
+            r.kernel = next(iter(kernels))
+    return write_report(rows, base, title), rows
+
+
+if __name__ == "__main__":
+    # matrix_util.py merge <output base> <title> <csv>...: on the host, after debug/matrix.
+    if len(sys.argv) < 5 or sys.argv[1] != "merge":
+        sys.exit("usage: matrix_util.py merge <output base> <title> <csv>...")
+    (md, csvp), rows = merge(sys.argv[2], sys.argv[3], sys.argv[4:])
+    print(text_table(rows))
+    print("written to %s and %s" % (md, csvp))
