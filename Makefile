@@ -28,7 +28,8 @@ DEB_PACKAGES := qemu-system-x86 linux-image-amd64 linux-headers-amd64 \
 	busybox-static kmod cpio e2fsprogs xfsprogs btrfs-progs dmsetup \
 	libdevmapper-dev fio python3 python3-pytest sparse linux-source-6.1 \
 	gcc make libc6-dev pkg-config util-linux coreutils attr dkms \
-	libelf-dev bc flex bison tar gzip xz-utils file groff-base man-db
+	libelf-dev bc flex bison tar gzip xz-utils file groff-base man-db \
+	nfs-kernel-server
 
 KERNEL ?= stock
 SHARED_KERNELS ?= $(abspath ../shared/kernels)

@@ -71,13 +71,35 @@ static ssize_t loop_file_direct(struct loop_c *lc, unsigned int dir,
 	return ret;
 }
 
+/* What a read or write of the whole bio that returned @ret means for it. */
+static blk_status_t loop_rw_status(struct bio *bio, ssize_t ret)
+{
+	if (ret < 0)
+		return errno_to_blk_status(ret);
+	if (ret < bio->bi_iter.bi_size) {
+		if (op_is_write(bio_op(bio)))
+			return BLK_STS_IOERR;
+		/* The file shrank under us: what lies past its end reads as zeros. */
+		bio_advance(bio, ret);
+		zero_fill_bio(bio);
+	}
+	return BLK_STS_OK;
+}
+
+static loff_t loop_bio_pos(struct loop_c *lc, struct bio *bio)
+{
+	return lc->offset +
+		((loff_t)dm_target_offset(lc->ti, bio->bi_iter.bi_sector) << SECTOR_SHIFT);
+}
+
+/* Synchronous I/O: buffered, and direct I/O that must be stable (FUA). */
 static blk_status_t loop_file_rw(struct loop_c *lc, struct bio *bio)
 {
 	unsigned int dir = op_is_write(bio_op(bio)) ? ITER_SOURCE : ITER_DEST;
 	unsigned int size = bio->bi_iter.bi_size;
-	loff_t pos = lc->offset +
-		((loff_t)dm_target_offset(lc->ti, bio->bi_iter.bi_sector) << SECTOR_SHIFT);
+	loff_t pos = loop_bio_pos(lc, bio);
 	struct iov_iter iter;
+	blk_status_t status;
 	ssize_t ret;
 
 	loop_bio_iter(bio, dir, &iter);
@@ -93,31 +115,15 @@ static blk_status_t loop_file_rw(struct loop_c *lc, struct bio *bio)
 		else
 			ret = dmloop_vfs_iter_write(lc->file, &iter, &ppos);
 	}
-	if (ret < 0)
-		return errno_to_blk_status(ret);
-
-	if (dir == ITER_DEST) {
-		/* The file shrank under us: what lies past its end reads as zeros. */
-		if (ret < size) {
-			bio_advance(bio, ret);
-			zero_fill_bio(bio);
-		}
-		return BLK_STS_OK;
-	}
-	if (ret < size)
-		return BLK_STS_IOERR;
-	if (bio->bi_opf & REQ_FUA) {
-		ret = vfs_fsync_range(lc->file, pos, pos + size - 1, 1);
-		if (ret)
-			return errno_to_blk_status(ret);
-	}
-	return BLK_STS_OK;
+	status = loop_rw_status(bio, ret);
+	if (status || !(bio->bi_opf & REQ_FUA))
+		return status;
+	return errno_to_blk_status(vfs_fsync_range(lc->file, pos, pos + size - 1, 1));
 }
 
 static blk_status_t loop_file_fallocate(struct loop_c *lc, struct bio *bio, int mode)
 {
-	loff_t pos = lc->offset +
-		((loff_t)dm_target_offset(lc->ti, bio->bi_iter.bi_sector) << SECTOR_SHIFT);
+	loff_t pos = loop_bio_pos(lc, bio);
 	int r;
 
 	r = vfs_fallocate(lc->file, mode | FALLOC_FL_KEEP_SIZE, pos, bio->bi_iter.bi_size);
@@ -153,6 +159,83 @@ static blk_status_t loop_file_do(struct loop_c *lc, struct bio *bio)
 	}
 }
 
+/* Ends a bio of file mode: in the worker, or in interrupt context (aio). */
+static void loop_io_end(struct loop_io *io, blk_status_t status)
+{
+	struct bio *bio = dm_bio_from_per_bio_data(io, sizeof(*io));
+	struct loop_c *lc = io->lc;
+	unsigned long flags;
+
+	if (status && status != BLK_STS_NOTSUPP)
+		loop_stat_inc(lc, errors);
+	bio->bi_status = status;
+	bio_endio(bio);
+
+	/* Under the lock: the destructor may free lc as soon as it sees 0. */
+	spin_lock_irqsave(&lc->drain.lock, flags);
+	if (!--lc->inflight)
+		wake_up_locked(&lc->drain);
+	spin_unlock_irqrestore(&lc->drain.lock, flags);
+}
+
+static void loop_io_put(struct loop_io *io)
+{
+	if (atomic_dec_and_test(&io->ref))
+		loop_io_end(io, loop_rw_status(dm_bio_from_per_bio_data(io, sizeof(*io)),
+					       io->ret));
+}
+
+static void loop_aio_complete(struct kiocb *iocb, long ret)
+{
+	struct loop_io *io = container_of(iocb, struct loop_io, iocb);
+
+	if (op_is_write(bio_op(dm_bio_from_per_bio_data(io, sizeof(*io)))))
+		kiocb_end_write(iocb);
+	io->ret = ret;
+	loop_io_put(io);
+}
+
+/*
+ * Direct I/O submitted asynchronously, as loop's lo_rw_aio: the worker does
+ * not wait for the device, so a few workers keep a deep queue busy.  The
+ * bio's own pages are the buffer; nothing is allocated here.
+ */
+static void loop_file_aio(struct loop_io *io, struct bio *bio, unsigned int dir,
+			  loff_t pos)
+{
+	struct file *file = io->lc->file;
+	struct iov_iter iter;
+	ssize_t ret;
+
+	loop_stat_inc(io->lc, direct_ios);
+	loop_bio_iter(bio, dir, &iter);
+	init_sync_kiocb(&io->iocb, file);
+	io->iocb.ki_pos = pos;
+	io->iocb.ki_flags |= IOCB_DIRECT;
+	io->iocb.ki_complete = loop_aio_complete;
+	atomic_set(&io->ref, 2);
+	if (dir == ITER_SOURCE) {
+		kiocb_start_write(&io->iocb);
+		ret = file->f_op->write_iter(&io->iocb, &iter);
+	} else {
+		ret = file->f_op->read_iter(&io->iocb, &iter);
+	}
+	loop_io_put(io);
+	if (ret != -EIOCBQUEUED)
+		loop_aio_complete(&io->iocb, ret);
+}
+
+/* Reads and writes that direct I/O can take without waiting: not FUA. */
+static bool loop_file_can_aio(struct loop_c *lc, struct bio *bio, loff_t pos)
+{
+	enum req_op op = bio_op(bio);
+
+	if (!lc->use_dio || (bio->bi_opf & REQ_FUA) ||
+	    (op != REQ_OP_READ && !(op == REQ_OP_WRITE && bio_sectors(bio))))
+		return false;
+	return loop_bio_dio_aligned(lc, bio, pos);
+}
+
 static void loop_file_work(struct work_struct *work)
 {
 	struct loop_io *io = container_of(work, struct loop_io, work);
@@ -160,21 +243,22 @@ static void loop_file_work(struct work_struct *work)
 	struct loop_c *lc = io->lc;
 	unsigned int throttle = current->flags & PF_LOCAL_THROTTLE;
 	unsigned int noio = memalloc_noio_save();
+	loff_t pos = loop_bio_pos(lc, bio);
 
 	current->flags |= PF_LOCAL_THROTTLE;
-	bio->bi_status = loop_file_do(lc, bio);
+	if (loop_file_can_aio(lc, bio, pos)) {
+		if (op_is_write(bio_op(bio))) {
+			loop_stat_inc(lc, writes);
+			loop_file_aio(io, bio, ITER_SOURCE, pos);
+		} else {
+			loop_stat_inc(lc, reads);
+			loop_file_aio(io, bio, ITER_DEST, pos);
+		}
+	} else {
+		loop_io_end(io, loop_file_do(lc, bio));
+	}
 	current->flags = (current->flags & ~PF_LOCAL_THROTTLE) | throttle;
 	memalloc_noio_restore(noio);
-
-	if (bio->bi_status && bio->bi_status != BLK_STS_NOTSUPP)
-		loop_stat_inc(lc, errors);
-	bio_endio(bio);
-
-	/* Under the lock: the destructor may free lc as soon as it sees 0. */
-	spin_lock_irq(&lc->drain.lock);
-	if (!--lc->inflight)
-		wake_up_locked(&lc->drain);
-	spin_unlock_irq(&lc->drain.lock);
 }
 
 int loop_file_map(struct dm_target *ti, struct bio *bio)

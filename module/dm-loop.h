@@ -9,6 +9,7 @@
 #ifndef DM_LOOP_H
 #define DM_LOOP_H
 
+#include <linux/atomic.h>
 #include <linux/bits.h>
 #include <linux/device-mapper.h>
 #include <linux/fs.h>
@@ -96,10 +97,17 @@ struct loop_c {
 	struct dentry *debugfs_dir;
 };
 
-/* Per-bio data of file mode: the work item and its device. */
+/*
+ * Per-bio data of file mode: the work item, its device, and for direct I/O
+ * the kiocb it is submitted with (asynchronously, as loop's lo_rw_aio).
+ * @ref: the submitting worker and the completion each hold one.
+ */
 struct loop_io {
 	struct work_struct work;
 	struct loop_c *lc;
+	struct kiocb iocb;
+	atomic_t ref;
+	long ret;
 };
 
 #define loop_stat_inc(lc, field) this_cpu_inc((lc)->stats->field)

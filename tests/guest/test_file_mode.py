@@ -360,7 +360,7 @@ def test_swap_under_memory_pressure():
     process in a memory cgroup allocating three times its limit: the process
     finishes in bounded time with its data intact, nothing is OOM-killed and
     no task hangs; then swapoff and remove work."""
-    limit, alloc = 32 * MiB, 96 * MiB
+    limit, alloc = 16 * MiB, 48 * MiB
     with dmloop.mounted_fs("ext4", dev=dmloop.scratch_disk(1)) as mp:
         img = mp / "swap"
         fm.make_sparse(img, 512 * MiB)
@@ -409,12 +409,12 @@ def test_suspend_resume_and_remove_with_io_in_flight():
     I/O is in flight, and succeeds once fio has finished."""
     with dmloop.mounted_fs("ext4") as mp:
         img = mp / "img"
-        fm.make_sparse(img, 64 * MiB)
-        with fm.loop_device("fm-susp", img, 64 * MiB) as dev:
+        fm.make_sparse(img, 32 * MiB)
+        with fm.loop_device("fm-susp", img, 32 * MiB) as dev:
             job = fm.fio(dev, "--ioengine=libaio", "--direct=1", "--iodepth=32",
-                         "--rw=randwrite", "--bsrange=4k-64k", "--size=64M",
+                         "--rw=randwrite", "--bsrange=4k-64k", "--size=32M",
                          "--verify=crc32c", "--verify_fatal=1", "--verify_backlog=64",
-                         "--loops=2", background=True)
+                         background=True)
             # fio closes and reopens the device between phases: hold it open
             # ourselves so that the remove below always meets an open device.
             holder = os.open(dev, os.O_RDONLY)
@@ -422,7 +422,7 @@ def test_suspend_resume_and_remove_with_io_in_flight():
             refused = None
             try:
                 time.sleep(2)
-                while job.poll() is None and cycles < 40:
+                while job.poll() is None and cycles < 20:
                     dmloop.suspend("fm-susp", *(["--noflush"] if cycles % 2 else []))
                     time.sleep(0.1)
                     dmloop.resume("fm-susp")
