@@ -150,21 +150,26 @@ stress: all
 matrix: deps all
 	DMLOOP_KO=$(abspath $(KO)) debug/matrix $(VM_KERNEL) $(T)
 
-# Install like a kernel module (debug/install; DESTDIR=, PREFIX= as usual):
-# the module into /lib/modules/<its version>/updates/ plus depmod,
-# dmloop-inspect, both man pages, and a dmlosetup link when there is none.
+# Install like a kernel module (as root; debug/install): the module into
+# /lib/modules/<its version>/updates/ plus depmod, dmloop-inspect, both man
+# pages, and a dmlosetup link when there is none.  DESTDIR=, PREFIX=
+# (default /usr/local), DEPMOD= (default depmod).  What install puts where
+# is recorded in /var/lib/dm-loop/install-manifest; uninstall removes
+# exactly that.
 .PHONY: install uninstall dkms-install dkms-remove
+PREFIX ?= /usr/local
+
 install: all
-	debug/install install
+	debug/install install DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" KO="$(abspath $(KO))" $(if $(DEPMOD),DEPMOD="$(DEPMOD)")
 
 uninstall:
-	debug/install uninstall
+	debug/install uninstall DESTDIR="$(DESTDIR)" $(if $(DEPMOD),DEPMOD="$(DEPMOD)")
 
-# DKMS: sources to /usr/src/dm-loop-<version>, dkms add, build, install
-# (KVER=<version> to build for another installed kernel).
+# DKMS: sources to /usr/src/dm-loop-<version>, then dkms add, build and
+# install for KVER= (default: the kernel `make` builds for).
 dkms-install:
 	@debug/deps dkms
-	debug/install dkms-install
+	debug/install dkms-install $(if $(KVER),KVER="$(KVER)")
 
 dkms-remove:
 	debug/install dkms-remove
