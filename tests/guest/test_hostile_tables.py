@@ -14,8 +14,9 @@ file unlinked and relinked; its filesystem unmounted (also lazily) under
 the loads.  At the end every file takes writes again (nothing pinned), the
 module's figures are zero and the kmalloc caches have not grown.
 
-DMLOOP_HOSTILE_SEED and DMLOOP_HOSTILE_COUNT change the seed and the count;
-both are printed (run pytest with -s to see them).
+DMLOOP_HOSTILE_SEED and DMLOOP_HOSTILE_COUNT change the seed and the count
+(600; the `stress` variant, run by make stress, takes 5000); both are
+printed (run pytest with -s to see them) and written to the kernel log.
 """
 
 import errno
@@ -33,7 +34,7 @@ import dmloop
 from reliability_util import (  # noqa: F401 (module_figures_back_to_zero: autouse fixture)
     DEBUGFS, KiB, MiB, DmControl, assert_module_idle, debugfs_instances,
     module_figures_back_to_zero, read_direct, remove_all, settle_slabs, slab_active,
-    slab_growth, write_probe)
+    slab_growth, stress, write_probe)
 
 SEED = int(os.environ.get("DMLOOP_HOSTILE_SEED", "20250917"))
 COUNT = int(os.environ.get("DMLOOP_HOSTILE_COUNT", "600"))
@@ -400,13 +401,15 @@ def _run_cases(dm, a, cases):
     return tally, by_errno, surprises
 
 
-def test_generated_hostile_tables(arena):
-    """Each of COUNT generated lines (seeded) is refused with a sane errno
+@pytest.mark.parametrize("count", [pytest.param(COUNT, id="default"),
+                                   pytest.param(max(COUNT, 5000), id="long", marks=stress)])
+def test_generated_hostile_tables(arena, count):
+    """Each of `count` generated lines (seeded) is refused with a sane errno
     and no inactive table left, or accepted as a device over the regular
     file it names that reads that file's bytes; the outcome is the one the
     rules give wherever they give one; afterwards nothing is left, nothing
     pinned and the kmalloc caches have not grown."""
-    cases = hostile_tables(SEED, COUNT, arena)
+    cases = hostile_tables(SEED, count, arena)
     print("\nhostile tables: seed %d, %d lines" % (SEED, len(cases)))
     dmloop.kmsg("dm-loop test: hostile tables: seed %d, %d lines" % (SEED, len(cases)))
     settle_slabs()
