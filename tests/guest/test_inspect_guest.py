@@ -8,7 +8,7 @@ print the same, and report nothing (inspect_util.inspect).
 The filesystems (ext4 with 4 KiB and with 1 KiB blocks, XFS) live on
 scratch disk 1, one at a time (module-scoped fixture `fs`), each holding a
 contiguous file and a fragmented one: single blocks between used blocks,
-as test_block_data.fragment_free_space lays them out.
+as inspect_util.make_fragmented lays them out.
 """
 
 import json
