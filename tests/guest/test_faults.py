@@ -24,7 +24,8 @@ Crash consistency: with rel-host switched to dm-log-writes (scratch disk 2
 is the log), a write acknowledged through dm-loop and then flushed (fsync,
 or an O_DSYNC write) is logged before the flush that made it durable.  On the debug kernel the same holds with
 fail_make_request on the scratch disk, and failslab's fail-nth fails each
-allocation of a table load in turn: refused cleanly or loaded, never leaked.
+allocation of a table load in turn, through the constructor: refused
+cleanly or loaded, never leaked (kmemleak scans after).
 """
 
 import errno
