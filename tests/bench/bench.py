@@ -6,7 +6,7 @@ stack at a time, the order of stacks rotated between repetitions; each
 figure is the median of the repetitions (min and max kept).  Absolute
 numbers under QEMU TCG mean little: the ratios between stacks are the result.
 
-Stacks over one fully written file on ext4 on a scratch disk:
+Stacks over one fully written file on ext4 on a scratch disk (/dev/vda):
   linear        dm-linear over the file's blocks, from FIEMAP (fs unmounted)
   dmloop-block  dm-loop, block mode
   dmloop-dio    dm-loop, file mode, direct I/O (force_file)
@@ -14,23 +14,68 @@ Stacks over one fully written file on ext4 on a scratch disk:
   loop-buf      /dev/loop, buffered
   loop-dio      /dev/loop, --direct-io=on
   file          fio on the file itself, O_DIRECT
-Then the 2025 dm-devel benchmark (brd ramdisk, ext4, 512 MiB file, fio psync,
-4 KiB, 16 jobs, mixed read/write), setup cost, and scale.
+The same single fio process then runs the 2025 dm-devel benchmark (brd
+ramdisk, ext4, 512 MiB file, fio psync, 4 KiB, 16 jobs, mixed read/write)
+over dm-loop (block and file mode), /dev/loop and the file.  CPU time per
+I/O is the whole guest's busy time (kernel workers included) over each
+job's run.
+
+Then setup cost (contiguous and fragmented files, next to filefrag and
+losetup) and scale (tests/bench/scale: N dm-loop, dm-linear and /dev/loop
+devices from one program).
+
+Any stack or phase that fails makes the run fail (exit 1) after the other
+phases ran; raw.json lists the errors, never a zero row in their place.
 """
 import argparse
-import csv
+import bisect
+import errno
+import fcntl
+import glob
 import json
+import mmap
 import os
-import statistics
+import struct
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 KO = os.environ.get("DMLOOP_KO", os.path.join(REPO, "module", "dm-loop.ko"))
 MNT = "/mnt/bench"
-MiB = 1 << 20
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+
+# (name, fio rw, block size, queue depth)
+SEQR1, SEQR32 = ("seqread-1M", "read", "1M", 1), ("seqread-1M", "read", "1M", 32)
+SEQW1, SEQW32 = ("seqwrite-1M", "write", "1M", 1), ("seqwrite-1M", "write", "1M", 32)
+RR1, RR32 = ("randread-4k", "randread", "4k", 1), ("randread-4k", "randread", "4k", 32)
+RW1, RW32 = ("randwrite-4k", "randwrite", "4k", 1), ("randwrite-4k", "randwrite", "4k", 32)
+
+MODES = {
+    "quick": {
+        "file_size": 64 * MiB, "reps": 3, "runtime": 2,
+        "workloads": [SEQR32, RR32, RW32],
+        "brd_runtime": 2,
+        # (size, piece): contiguous, and a piece per extent
+        "setup": [(16 * MiB, None), (64 * MiB, None), (8 * MiB, 4 * KiB)],
+        "scale_n": 1000,
+    },
+    "full": {
+        "file_size": 1 * GiB, "reps": 3, "runtime": 8,
+        "workloads": [SEQR1, SEQR32, SEQW1, SEQW32, RR1, RR32, RW1, RW32],
+        "brd_runtime": 10,
+        "setup": [(1 * GiB, None), (4 * GiB, None), (16 * GiB, None),
+                  (1 * GiB, 4 * KiB), (4 * GiB, 16 * KiB), (16 * GiB, 64 * KiB)],
+        "scale_n": 20000,
+    },
+}
+
+ERRORS = []
+PHASES = {}
+SAVE = []           # [function]: write raw.json so far (after every phase)
+T0 = time.monotonic()
 
 
 def sh(cmd, check=True, **kw):
@@ -44,28 +89,39 @@ def log(*a):
     print(*a, file=sys.stderr, flush=True)
 
 
-def cpu_busy_jiffies():
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    idle = v[3] + v[4]
-    return sum(v[:8]) - idle
+class phase:
+    """Time a phase of the run; an exception ends the phase, not the run."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        self.t0 = time.monotonic()
+        log("== %s" % self.name)
+        return self
+
+    def __exit__(self, typ, val, tb):
+        PHASES[self.name] = round(time.monotonic() - self.t0, 1)
+        log("== %s: %.1f s" % (self.name, PHASES[self.name]))
+        if SAVE:
+            SAVE[0]()
+        if val is not None and isinstance(val, Exception):
+            ERRORS.append("%s: %s" % (self.name, val))
+            log("bench: phase %s FAILED: %s" % (self.name, val))
+            return True
+        return False
 
 
-def fio(dev, rw, bs, depth, runtime, size, jobs=1, engine="libaio", direct=1, extra=()):
-    before = cpu_busy_jiffies()
-    cmd = ["fio", "--name=b", "--filename=%s" % dev, "--rw=%s" % rw, "--bs=%s" % bs,
-           "--iodepth=%d" % depth, "--ioengine=%s" % engine, "--direct=%d" % direct,
-           "--runtime=%s" % runtime, "--time_based", "--size=%d" % size,
-           "--numjobs=%d" % jobs, "--group_reporting", "--output-format=json",
-           "--randseed=42"] + list(extra)
-    p = sh(cmd)
-    busy = cpu_busy_jiffies() - before
-    j = json.loads(p.stdout[p.stdout.index("{"):])["jobs"][0]
-    ios = j["read"]["total_ios"] + j["write"]["total_ios"]
-    bw = (j["read"]["bw_bytes"] + j["write"]["bw_bytes"]) / MiB
-    iops = j["read"]["iops"] + j["write"]["iops"]
-    hz = os.sysconf("SC_CLK_TCK")
-    return {"mib_s": bw, "iops": iops, "cpu_us_per_io": busy / hz * 1e6 / max(ios, 1)}
+def drop_caches():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def busy_jiffies(stat="/proc/stat"):
+    with open(stat) as f:
+        v = [int(x) for x in f.readline().split()[1:8]]
+    return sum(v) - v[3] - v[4]          # all but idle and iowait
 
 
 def file_extents(path):
@@ -80,233 +136,575 @@ def file_extents(path):
     return ext
 
 
-class Stack:
-    def __init__(self, name, up, down, dev):
-        self.name, self.up, self.down, self.dev = name, up, down, dev
+# ------------------------------------------------------------ devices
+# Stacks are set up from this process with the kernel's ioctls: under TCG
+# every exec of dmsetup or losetup costs one to several seconds, far more
+# than the kernel's own work.
+
+DM_IOCTL_SIZE = 312                     # struct dm_ioctl
+DM_DEV_CREATE, DM_DEV_REMOVE, DM_DEV_SUSPEND, DM_TABLE_LOAD = 3, 4, 6, 9
+DM_READONLY_FLAG = 1
 
 
-def dm_create(name, table):
-    sh(["dmsetup", "create", name], input=table + "\n")
-    return "/dev/mapper/" + name
+def dm_ioctl(cmd, name, flags=0, targets=()):
+    """One device-mapper ioctl on /dev/mapper/control; returns dev_t."""
+    specs = b""
+    for start, length, ttype, params in targets:
+        p = params.encode() + b"\0"
+        size = 40 + (len(p) + 7) // 8 * 8
+        specs += struct.pack("=QQiI16s", start, length, 0, size, ttype.encode()) + \
+            p.ljust(size - 40, b"\0")
+    size = DM_IOCTL_SIZE + len(specs) + 4096
+    buf = bytearray(struct.pack("=3IIIIiIIIQ128s129s7s", 4, 0, 0, size, DM_IOCTL_SIZE,
+                                len(targets), 0, flags, 0, 0, 0, name.encode(), b"", b""))
+    buf += specs + bytes(4096)
+    fd = os.open("/dev/mapper/control", os.O_RDWR)
+    try:
+        fcntl.ioctl(fd, 0xC138FD00 | cmd, buf, True)
+    finally:
+        os.close(fd)
+    return struct.unpack_from("=Q", buf, 40)[0]
+
+
+def dm_create(name, table, readonly=False):
+    """Create and resume a dm device from table lines; returns /dev/dm-N."""
+    targets = []
+    for line in table.strip().splitlines():
+        start, length, ttype, params = line.split(None, 3)
+        targets.append((int(start), int(length), ttype, params))
+    flags = DM_READONLY_FLAG if readonly else 0
+    dev = dm_ioctl(DM_DEV_CREATE, name, flags)
+    try:
+        dm_ioctl(DM_TABLE_LOAD, name, flags, targets)
+        dm_ioctl(DM_DEV_SUSPEND, name)          # no suspend flag: resume
+    except OSError:
+        dm_ioctl(DM_DEV_REMOVE, name)
+        raise
+    return "/dev/dm-%d" % os.minor(dev)
 
 
 def dm_remove(name):
-    for _ in range(20):
-        if sh(["dmsetup", "remove", name], check=False).returncode == 0:
+    for _ in range(50):
+        try:
+            dm_ioctl(DM_DEV_REMOVE, name)
             return
-        time.sleep(0.2)
-    sh(["dmsetup", "remove", name])
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                raise
+            time.sleep(0.1)
+    dm_ioctl(DM_DEV_REMOVE, name)
 
 
-def make_stacks(disk, img, size):
-    sectors = size // 512
-    loopdev = {}
+LOOP_CLR_FD, LOOP_CONFIGURE, LOOP_CTL_GET_FREE = 0x4C01, 0x4C0A, 0x4C82
+LO_FLAGS_DIRECT_IO = 16
 
-    def loop_up(dio):
-        def up():
-            loopdev["d"] = sh(["losetup", "-f", "--show", "--direct-io=%s" % ("on" if dio else "off"),
-                               img]).stdout.strip()
-            return loopdev["d"]
-        return up
 
-    def loop_down():
-        sh(["losetup", "-d", loopdev["d"]])
+def losetup(img, dio):
+    """Attach img to a free /dev/loop (LOOP_CONFIGURE); returns its path."""
+    ctl = os.open("/dev/loop-control", os.O_RDWR)
+    try:
+        nr = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
+    finally:
+        os.close(ctl)
+    dev = "/dev/loop%d" % nr
+    cfg = bytearray(304)                        # struct loop_config
+    fd = os.open(img, os.O_RDWR)
+    lfd = os.open(dev, os.O_RDWR)
+    try:
+        struct.pack_into("=I", cfg, 0, fd)
+        struct.pack_into("=I", cfg, 60, LO_FLAGS_DIRECT_IO if dio else 0)
+        fcntl.ioctl(lfd, LOOP_CONFIGURE, cfg)
+    finally:
+        os.close(fd)
+        os.close(lfd)
+    with open("/sys/block/loop%d/loop/dio" % nr) as f:
+        if f.read().strip() != ("1" if dio else "0"):
+            losetup_detach(dev)
+            raise RuntimeError("%s: direct I/O is not %s" % (dev, "on" if dio else "off"))
+    return dev
+
+
+def losetup_detach(dev):
+    fd = os.open(dev, os.O_RDWR)
+    try:
+        fcntl.ioctl(fd, LOOP_CLR_FD, 0)
+    finally:
+        os.close(fd)
+
+
+class Stack:
+    """A device over the backing file: up() returns its path, down() undoes."""
+
+    def __init__(self, name, up, down):
+        self.name, self.up, self.down = name, up, down
+
+
+def loop_stack(name, img, dio):
+    dev = {}
+
+    def up():
+        dev["d"] = losetup(img, dio)
+        return dev["d"]
+    return Stack(name, up, lambda: losetup_detach(dev["d"]))
+
+
+def dmloop_stack(name, img, size, opts):
+    table = "0 %d loop %s 0%s" % (size // 512, img, opts)
+    return Stack(name, lambda: dm_create("b-" + name, table), lambda: dm_remove("b-" + name))
+
+
+def file_stacks(disk, img, size):
+    """The stacks over one file; dm-linear maps the file's blocks (FIEMAP,
+    read while the filesystem is mounted) with the filesystem unmounted."""
+    lines = []
+    for logical, physical, length in file_extents(img):
+        if logical >= size:
+            break
+        length = min(length, size - logical)
+        lines.append("%d %d linear %s %d" % (logical // 512, length // 512, disk, physical // 512))
+    if sum(int(l.split()[1]) for l in lines) * 512 != size:
+        raise RuntimeError("FIEMAP of %s does not cover %d bytes" % (img, size))
 
     def linear_up():
-        ext = file_extents(img)
         sh(["umount", MNT])
-        lines = []
-        for logical, physical, length in ext:
-            if logical >= size:
-                break
-            length = min(length, size - logical)
-            lines.append("%d %d linear %s %d" % (logical // 512, length // 512, disk, physical // 512))
         return dm_create("b-linear", "\n".join(lines))
 
     def linear_down():
         dm_remove("b-linear")
         sh(["mount", disk, MNT])
 
-    def dmloop(name, opts):
-        return (lambda: dm_create(name, "0 %d loop %s 0%s" % (sectors, img, opts)),
-                lambda: dm_remove(name))
-
-    stacks = [Stack("linear", linear_up, linear_down, None)]
-    for name, opts in (("dmloop-block", " 1 require_block"), ("dmloop-dio", " 1 force_file"),
-                       ("dmloop-buf", " 2 force_file no_direct_io")):
-        up, down = dmloop("b-" + name, opts)
-        stacks.append(Stack(name, up, down, None))
-    stacks.append(Stack("loop-buf", loop_up(False), loop_down, None))
-    stacks.append(Stack("loop-dio", loop_up(True), loop_down, None))
-    stacks.append(Stack("file", lambda: img, lambda: None, None))
-    return stacks
+    return [Stack("linear", linear_up, linear_down),
+            dmloop_stack("dmloop-block", img, size, " 1 require_block"),
+            dmloop_stack("dmloop-dio", img, size, " 1 force_file"),
+            dmloop_stack("dmloop-buf", img, size, " 2 force_file no_direct_io"),
+            loop_stack("loop-buf", img, False),
+            loop_stack("loop-dio", img, True),
+            file_stack(img)]
 
 
-WORKLOADS_FULL = [("seqread-1M", "read", "1M"), ("seqwrite-1M", "write", "1M"),
-                  ("randread-4k", "randread", "4k"), ("randwrite-4k", "randwrite", "4k")]
+def file_stack(img):
+    st = Stack("file", lambda: img, lambda: None)
+    st.img = img
+    return st
 
 
-def measure(stacks, workloads, depths, reps, runtime, size):
-    results = {}
-    for rep in range(reps):
-        order = stacks[rep % len(stacks):] + stacks[:rep % len(stacks)]
-        for st in order:
-            dev = st.up()
+# ------------------------------------------------------------ fio
+# fio takes five seconds or more to start under TCG (it links some sixty
+# libraries), so one fio process runs everything: every stack, repetition
+# and workload is a stonewalled job, in order.  Between two stacks a null
+# job's `exec_prerun` writes "switch JOB STACK" to a fifo and waits for this
+# process to take the last stack down and bring STACK up; the stack's jobs
+# open a symlink that the switch points at its device (fio only opens a
+# job's file when the job starts: create_serialize=0).  Each job's iops log
+# (epoch time stamps) gives its window on a /proc/stat sampler.
+
+CTL = "/tmp/bench-ctl"
+
+
+class CpuSampler(threading.Thread):
+    """The guest's busy jiffies every 50 ms, so that each fio job gets the
+    CPU time of its own run (kernel workers included) without a process
+    spawned per job to read /proc/stat."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.samples = []
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            self.samples.append((time.time(), busy_jiffies()))
+            self.done.wait(0.05)
+        self.samples.append((time.time(), busy_jiffies()))
+
+    def busy_jiffies_between(self, t0, t1):
+        def at(t):
+            s = self.samples
+            i = bisect.bisect_left(s, (t,))
+            if i == 0:
+                return s[0][1]
+            if i == len(s):
+                return s[-1][1]
+            (ta, ja), (tb, jb) = s[i - 1], s[i]
+            return ja + (jb - ja) * (t - ta) / max(tb - ta, 1e-9)
+        return at(t1) - at(t0)
+
+
+def job_end(job):
+    """Epoch time of the job's last I/O completion, from its iops logs (one
+    per clone, an entry per I/O); the job ran `runtime` seconds up to it."""
+    end = None
+    for path in glob.glob(os.path.join(CTL, job + "_iops.*.log")):
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    t = int(line.split(",", 1)[0]) / 1000.0
+                    end = t if end is None else max(end, t)
+    return end
+
+
+class Controller(threading.Thread):
+    def __init__(self, stacks):
+        super().__init__(daemon=True)
+        self.stacks = {st.key: st for st in stacks}
+        self.failed = {}           # stack key -> error text
+        self.t_switch = {}         # stack key -> [seconds to bring up]
+        self.up = None
+        for f in ("req", "ack"):
+            os.mkfifo(os.path.join(CTL, f))
+
+    def answer(self, text):
+        with open(os.path.join(CTL, "ack"), "w") as f:
+            f.write(text + "\n")
+
+    def run(self):
+        while True:
+            with open(os.path.join(CTL, "req")) as f:
+                reqs = [l.split() for l in f.read().splitlines() if l.strip()]
+            for words in reqs:
+                try:
+                    text = self.switch(words[2]) if words[0] == "switch" else "fail"
+                except Exception as e:            # never leave fio waiting
+                    self.failed.setdefault(words[2], "switch: %s" % e)
+                    text = "fail"
+                self.answer(text)
+
+    def switch(self, to):
+        if self.up is not None:
+            st, self.up = self.up, None
             try:
-                for wname, rw, bs in workloads:
-                    for qd in depths:
-                        r = fio(dev, rw, bs, qd, runtime, size)
-                        results.setdefault((st.name, wname, qd), []).append(r)
-                        log("rep %d %-13s %-13s qd%-2d %8.1f MiB/s %9.0f IOPS" %
-                            (rep, st.name, wname, qd, r["mib_s"], r["iops"]))
-            finally:
                 st.down()
-    return results
+            except Exception as e:
+                self.failed.setdefault(st.key, "down: %s" % e)
+                log("bench: %s down FAILED: %s" % (st.key, e))
+        if to == "-":
+            return "ok"
+        st = self.stacks[to]
+        link = os.path.join(CTL, st.key)
+        if st.key in self.failed:
+            return "fail"
+        t0 = time.monotonic()
+        try:
+            for prep in getattr(st, "before", ()):
+                prep()
+            drop_caches()
+            dev = st.up()
+        except Exception as e:
+            self.failed[st.key] = "up: %s" % e
+            log("bench: %s up FAILED: %s" % (st.key, e))
+            return "fail"
+        self.up = st
+        self.t_switch.setdefault(st.key, []).append(time.monotonic() - t0)
+        log("bench: %.0f s: %s up in %.1f s" % (time.monotonic() - T0, st.key,
+                                                time.monotonic() - t0))
+        if os.path.islink(link):
+            os.unlink(link)
+            os.symlink(dev, link)
+        return "ok"
 
 
-def brd_benchmark(reps, runtime):
-    """The 2025 dm-devel figure: brd, ext4, 512 MiB file, psync 4k x 16 jobs randrw."""
+def run_fio(groups, placeholder):
+    """groups: [(stacks, workloads, reps, fio options)], each group's stacks
+    in an order rotated per repetition.  Returns {(group, stack, workload,
+    qd): [results]}; a failed stack is in ERRORS, not in the results."""
+    sh(["rm", "-rf", CTL])
+    os.makedirs(CTL)
+    with open(os.path.join(CTL, "say"), "w") as f:
+        f.write('#!/bin/sh\necho "$*" > %s/req\nread a < %s/ack\ntest "$a" = ok\n' % (CTL, CTL))
+    os.chmod(os.path.join(CTL, "say"), 0o755)
+    lines = ["[global]", "thread", "create_serialize=0", "stonewall", "group_reporting",
+             "randrepeat=0", "norandommap"]
+    stacks, order = [], []          # order: (job, group, stack key, workload or None)
+    for g, (gstacks, workloads, reps, opts) in enumerate(groups):
+        for st in gstacks:
+            st.key = "g%d-%s" % (g, st.name)
+            stacks.append(st)
+            if st.name != "file":
+                os.symlink(placeholder, os.path.join(CTL, st.key))
+        for rep in range(reps):
+            rot = gstacks[rep % len(gstacks):] + gstacks[:rep % len(gstacks)]
+            for st in rot:
+                job = "sw-%d" % len(order)
+                lines += ["[%s]" % job, "ioengine=null", "size=4k", "rw=read", "filename=/dev/null",
+                          "exec_prerun=%s/say switch %s %s" % (CTL, job, st.key)]
+                order.append((job, g, st.key, None))
+                path = st.img if st.name == "file" else os.path.join(CTL, st.key)
+                for name, rw, bs, qd in workloads:
+                    job = "j%d-%s-%s-qd%d" % (len(order), st.key, name, qd)
+                    lines += ["[%s]" % job, "filename=%s" % path, "rw=%s" % rw, "bs=%s" % bs,
+                              "iodepth=%d" % qd, "time_based", "log_unix_epoch=1",
+                              "write_iops_log=%s/%s" % (CTL, job)]
+                    lines += ["%s=%s" % kv for kv in opts.items()]
+                    order.append((job, g, st.key, (name, qd)))
+    lines += ["[end]", "ioengine=null", "size=4k", "rw=read", "filename=/dev/null",
+              "exec_prerun=%s/say switch end -" % CTL]
+    with open(os.path.join(CTL, "jobs.fio"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    ctl = Controller(stacks)
+    ctl.start()
+    cpu = CpuSampler()
+    cpu.start()
+    t0 = time.monotonic()
+    try:
+        p = sh(["fio", "--output-format=json", "jobs.fio"], check=False, cwd=CTL, timeout=7200)
+    finally:
+        cpu.done.set()
+        cpu.join()
+    log("fio: %d jobs in %.1f s" % (len(order), time.monotonic() - t0))
+    if ctl.up is not None:
+        ctl.switch("-")
+    try:
+        out = json.loads(p.stdout[p.stdout.index("{"):])
+    except ValueError:
+        raise RuntimeError("fio failed (%d): %s" % (p.returncode, p.stderr.strip()[-800:]))
+    jobs = {j["jobname"]: j for j in out["jobs"]}
+    opts_of = [opts for _, _, _, opts in groups]
+    hz = os.sysconf("SC_CLK_TCK")
+    res = {}
+    bad = dict(ctl.failed)
+    for job, g, key, wl in order:
+        if wl is None or key in bad:
+            continue
+        j = jobs.get(job)
+        ios = j and j["read"]["total_ios"] + j["write"]["total_ios"]
+        end = job_end(job)
+        if not j or j.get("error") or not ios or not end:
+            bad[key] = "fio job %s: error %s, %s I/Os%s" % (
+                job, j and j.get("error"), ios, "" if end else ", no iops log")
+            continue
+        win = (end - float(opts_of[g]["runtime"]), end)
+        res.setdefault((g, key.split("-", 1)[1]) + wl, []).append({
+            "mib_s": (j["read"]["bw_bytes"] + j["write"]["bw_bytes"]) / MiB,
+            "iops": j["read"]["iops"] + j["write"]["iops"],
+            "cpu_us_per_io": cpu.busy_jiffies_between(*win) / hz * 1e6 / ios})
+    for key, err in bad.items():
+        ERRORS.append("%s: %s" % (key, err))
+        g, name = key.split("-", 1)
+        for k in [k for k in res if k[0] == int(g[1:]) and k[1] == name]:
+            del res[k]
+    if p.returncode and not bad:
+        ERRORS.append("fio exit %d: %s" % (p.returncode, p.stderr.strip()[-800:]))
+    for key, ts in ctl.t_switch.items():
+        log("bench: %s set up in %s s" % (key, " ".join("%.1f" % t for t in ts)))
+    return res
+
+
+def write_file(path, size, chunk=4 * MiB):
+    """A fully written file (block mode maps written blocks only)."""
+    sh(["dd", "if=/dev/zero", "of=%s" % path, "bs=%d" % chunk, "count=%d" % (size // chunk),
+        "oflag=direct", "conv=fsync", "status=none"])
+
+
+def write_fragmented(path, size, piece):
+    """A written file in pieces of `piece` bytes, each its own extent: with
+    ext4's per-inode preallocation off (mb_stream_req), O_DIRECT writes of
+    the file alternate with 4 KiB writes of a filler file, so the blocks
+    the allocator hands out alternate too."""
+    knob = "/sys/fs/ext4/%s/mb_stream_req" % os.path.basename(os.path.realpath(
+        sh(["findmnt", "-n", "-o", "SOURCE", "--target", os.path.dirname(path)]).stdout.strip()))
+    old = open(knob).read().strip()
+    buf = mmap.mmap(-1, piece)
+    buf.write(b"\xa5" * piece)
+    filler = path + ".filler"
+    with open(knob, "w") as f:
+        f.write("1000000000\n")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o600)
+    ffd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o600)
+    try:
+        small = memoryview(buf)[:4 * KiB]
+        for i, off in enumerate(range(0, size, piece)):
+            if os.pwritev(fd, [buf], off) != piece or os.pwritev(ffd, [small], i * 4 * KiB) != 4 * KiB:
+                raise RuntimeError("short write to %s" % path)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.close(ffd)
+        os.unlink(filler)
+        with open(knob, "w") as f:
+            f.write(old + "\n")
+
+
+def dm_info(name):
+    out = sh(["dmsetup", "message", name, "0", "info"]).stdout
+    return dict(l.split(": ", 1) for l in out.splitlines() if ": " in l)
+
+
+def setup_cost(sizes):
+    """Device creation time over contiguous and fragmented files, next to
+    filefrag and losetup on the same file, and the extent table's size."""
+    rows = []
+    for size, piece in sizes:
+        img = os.path.join(MNT, "setup-img")
+        t0 = time.monotonic()
+        if piece:
+            write_fragmented(img, size, piece)
+        else:
+            write_file(img, size)
+        t_write = time.monotonic() - t0
+        drop_caches()
+        t0 = time.monotonic()
+        dm_create("b-setup", "0 %d loop %s 0 1 require_block" % (size // 512, img))
+        t_dm = time.monotonic() - t0
+        info = dm_info("b-setup")
+        t0 = time.monotonic()
+        dm_remove("b-setup")
+        t_rm = time.monotonic() - t0
+        drop_caches()
+        sh(["filefrag", img])                  # once to warm the exec, then timed
+        t0 = time.monotonic()
+        ff = sh(["filefrag", img]).stdout
+        t_ff = time.monotonic() - t0
+        t0 = time.monotonic()
+        d = losetup(img, False)
+        t_lo = time.monotonic() - t0
+        losetup_detach(d)
+        extents = int(info["extents"])
+        ff_extents = int(ff.split(":")[-1].split()[0])
+        rows.append({"file": "%d MiB" % (size // MiB),
+                     "layout": "%d KiB pieces" % (piece // KiB) if piece else "contiguous",
+                     "extents": extents, "filefrag_extents": ff_extents,
+                     "table_bytes": int(info["table_bytes"]),
+                     "bytes_per_extent": round(int(info["table_bytes"]) / max(extents, 1), 1),
+                     "dmloop_create_s": round(t_dm, 3),
+                     "kernel_setup_ms": round(int(info["setup_ns"]) / 1e6, 2),
+                     "dmloop_remove_s": round(t_rm, 3),
+                     "filefrag_s": round(t_ff, 3), "losetup_s": round(t_lo, 3)})
+        os.unlink(img)
+        log("setup %s (file written in %.1f s)" % (rows[-1], t_write))
+    return rows
+
+
+def brd_prepare():
+    """The 2025 dm-devel benchmark's storage: ext4 on a brd ramdisk, with a
+    512 MiB written file; returns the stacks over it."""
     size = 512 * MiB
-    sh("modprobe brd rd_nr=1 rd_size=%d" % (640 * 1024), check=False)
+    sh("modprobe brd rd_nr=1 rd_size=%d" % (640 * 1024))
     if not os.path.exists("/dev/ram0"):
-        return {}
+        raise RuntimeError("modprobe brd made no /dev/ram0")
     sh(["mkfs.ext4", "-q", "-F", "/dev/ram0"])
     os.makedirs("/mnt/brd", exist_ok=True)
     sh(["mount", "/dev/ram0", "/mnt/brd"])
     img = "/mnt/brd/img"
-    sh(["dd", "if=/dev/zero", "of=%s" % img, "bs=1M", "count=512", "conv=fsync", "status=none"])
-    sectors = size // 512
-    loopdev = {}
+    write_file(img, size)
+    log("bench: %.0f s: brd ready" % (time.monotonic() - T0))
+    return [dmloop_stack("dmloop-block", img, size, " 1 require_block"),
+            dmloop_stack("dmloop-dio", img, size, " 1 force_file"),
+            loop_stack("loop-buf", img, False),
+            loop_stack("loop-dio", img, True),
+            file_stack(img)]
 
-    def loop_up(dio):
-        def up():
-            loopdev["d"] = sh(["losetup", "-f", "--show", "--direct-io=%s" % ("on" if dio else "off"),
-                               img]).stdout.strip()
-            return loopdev["d"]
-        return up
 
-    stacks = [
-        Stack("dmloop-block", lambda: dm_create("brd-dmloop", "0 %d loop %s 0" % (sectors, img)),
-              lambda: dm_remove("brd-dmloop"), None),
-        Stack("loop-buf", loop_up(False), lambda: sh(["losetup", "-d", loopdev["d"]]), None),
-        Stack("loop-dio", loop_up(True), lambda: sh(["losetup", "-d", loopdev["d"]]), None),
-        Stack("file", lambda: img, lambda: None, None),
-    ]
-    res = {}
-    for rep in range(reps):
-        order = stacks[rep % len(stacks):] + stacks[:rep % len(stacks)]
-        for st in order:
-            dev = st.up()
-            try:
-                r = fio(dev, "randrw", "4k", 1, runtime, size, jobs=16, engine="psync", direct=0)
-                res.setdefault(st.name, []).append(r)
-                log("brd rep %d %-13s %8.1f MiB/s" % (rep, st.name, r["mib_s"]))
-            finally:
-                st.down()
-    sh(["umount", "/mnt/brd"])
+def brd_cleanup():
+    sh(["umount", "/mnt/brd"], check=False)
     sh("rmmod brd", check=False)
-    return res
 
 
-def setup_cost(disk, sizes_gib):
-    """Device creation time over contiguous files, next to filefrag and losetup."""
-    rows = []
-    for gib in sizes_gib:
-        img = os.path.join(MNT, "setup-%dg" % gib)
-        sh(["fallocate", "-l", "%dG" % gib, img])
-        # Written, not just allocated: block mode maps written blocks only.
-        sh(["dd", "if=/dev/zero", "of=%s" % img, "bs=4M", "count=%d" % (gib * 256),
-            "conv=notrunc,fsync", "oflag=direct", "status=none"])
-        sectors = gib << 21
-        t0 = time.monotonic()
-        dm_create("b-setup", "0 %d loop %s 0 1 require_block" % (sectors, img))
-        t_dm = time.monotonic() - t0
-        info = dict(l.split(": ", 1) for l in
-                    sh(["dmsetup", "message", "b-setup", "0", "info"]).stdout.splitlines() if ": " in l)
-        dm_remove("b-setup")
-        t0 = time.monotonic()
-        sh(["filefrag", img])
-        t_ff = time.monotonic() - t0
-        t0 = time.monotonic()
-        d = sh(["losetup", "-f", "--show", img]).stdout.strip()
-        t_lo = time.monotonic() - t0
-        sh(["losetup", "-d", d])
-        rows.append({"file_gib": gib, "dmloop_create_s": round(t_dm, 3),
-                     "kernel_setup_ms": round(int(info.get("setup_ns", 0)) / 1e6, 1),
-                     "extents": int(info.get("extents", 0)),
-                     "table_bytes": int(info.get("table_bytes", 0)),
-                     "filefrag_s": round(t_ff, 3), "losetup_s": round(t_lo, 3)})
-        os.unlink(img)
-        log("setup %s" % rows[-1])
-    return rows
-
-
-def scale(n, disk2):
-    """N devices of each kind from one process (tests/bench/scale)."""
-    exe = os.path.join(REPO, "build", "bench", "scale")
+def scale(exe, n, disk2, workers=4):
+    """N devices of each kind from one program (tests/bench/scale)."""
     rows = []
     d = "/mnt/scale"
     os.makedirs(d, exist_ok=True)
-    sh(["mkfs.ext4", "-q", "-F", "-N", str(2 * n + 1024), disk2])
-    sh(["mount", disk2, d])
-    try:
-        for kind in ("linear", "loop", "losetup"):
-            sub = os.path.join(d, kind)
-            os.makedirs(sub, exist_ok=True)
-            target = disk2 if kind == "linear" else sub
+    for kind in ("linear", "loop", "losetup"):
+        t0 = time.monotonic()
+        try:
             if kind == "linear":
-                sh(["umount", d])
-            p = sh([exe, kind, str(n), target], check=False)
-            if kind == "linear":
+                p = sh([exe, kind, str(n), disk2, str(workers)], check=False)
+            else:
+                sh(["mkfs.ext4", "-q", "-F", "-N", str(n + 1024), disk2])
                 sh(["mount", disk2, d])
+                try:
+                    p = sh([exe, kind, str(n), d, str(workers)], check=False)
+                finally:
+                    sh(["umount", d], check=False)
             if p.returncode:
-                log("scale %s failed: %s" % (kind, p.stderr.strip()))
-                continue
+                raise RuntimeError(p.stderr.strip()[-500:] or "exit %d" % p.returncode)
             rows.append(json.loads(p.stdout))
-            log("scale %s" % rows[-1])
-    finally:
-        sh(["umount", d], check=False)
+            log("scale %s (%.1f s)" % (rows[-1], time.monotonic() - t0))
+        except Exception as e:
+            ERRORS.append("scale %s: %s" % (kind, e))
+            log("scale %s FAILED: %s" % (kind, e))
     return rows
+
+
+def rows_json(res, group):
+    return [{"stack": st, "workload": w, "qd": q, "runs": runs}
+            for (g, st, w, q), runs in res.items() if g == group]
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(REPO, "build", "bench"))
+    ap.add_argument("--scale-exe", default=os.path.join(REPO, "build", "bench", "scale"))
+    ap.add_argument("--only", default="fio,brd,setup,scale",
+                    help="comma-separated phases to run (for development)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    quick = a.quick
+    mode = "quick" if a.quick else "full"
+    m = MODES[mode]
+    only = set(a.only.split(","))
+    t_start = time.monotonic()
 
     sh(["insmod", KO], check=False)
-    sh("modprobe loop; modprobe ext4; modprobe dm-mod", check=False)
+    sh("modprobe loop; modprobe dm-mod", check=False)
+    if not os.path.isdir("/sys/module/dm_loop"):
+        sys.exit("bench: dm-loop is not loaded (%s)" % KO)
     disk, disk2 = "/dev/vda", "/dev/vdb"
-    size = (256 if quick else 512) * MiB
+    size = m["file_size"]
+    out = {"kernel": os.uname().release, "mode": mode, "quick": a.quick, "reps": m["reps"],
+           "runtime_s": m["runtime"], "brd_runtime_s": m["brd_runtime"], "file_size": size,
+           "cpus": os.cpu_count(), "mem_kb": int(open("/proc/meminfo").readline().split()[1]),
+           "fio": [], "brd": [], "setup": [], "scale": [], "complete": False}
+
+    def save():
+        out["phases_s"] = PHASES
+        out["guest_total_s"] = round(time.monotonic() - t_start, 1)
+        out["errors"] = ERRORS
+        with open(os.path.join(a.out, "raw.json.tmp"), "w") as f:
+            json.dump(out, f, indent=1)
+        os.rename(os.path.join(a.out, "raw.json.tmp"), os.path.join(a.out, "raw.json"))
+    SAVE.append(save)
+
     os.makedirs(MNT, exist_ok=True)
-    sh(["mkfs.ext4", "-q", "-F", disk])
-    sh(["mount", disk, MNT])
-    img = os.path.join(MNT, "img")
-    sh(["dd", "if=/dev/urandom", "of=%s" % img, "bs=1M", "count=%d" % (size // MiB),
-        "conv=fsync", "status=none"])
+    groups = []
+    with phase("prepare"):
+        sh(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", disk])
+        sh(["mount", disk, MNT])
+        log("bench: %.0f s: %s ready" % (time.monotonic() - T0, disk))
+        img = os.path.join(MNT, "img")
+        if "fio" in only:
+            write_file(img, size)
+            log("bench: %.0f s: %s written" % (time.monotonic() - T0, img))
+            groups.append((file_stacks(disk, img, size), m["workloads"], m["reps"],
+                           {"ioengine": "libaio", "direct": 1, "runtime": m["runtime"],
+                            "size": size}))
+        if "brd" in only:
+            groups.append((brd_prepare(), [("randrw-4k", "randrw", "4k", 1)], m["reps"],
+                           {"ioengine": "psync", "direct": 1, "numjobs": 16, "rwmixread": 50,
+                            "runtime": m["brd_runtime"], "size": 512 * MiB}))
+    if "setup" in only:
+        with phase("setup"):
+            out["setup"] = setup_cost(m["setup"])
+    if groups:
+        with phase("fio"):
+            res = run_fio(groups, disk2)
+            out["fio"] = rows_json(res, 0) if "fio" in only else []
+            out["brd"] = rows_json(res, len(groups) - 1) if "brd" in only else []
+        if "brd" in only:
+            brd_cleanup()
+        sh(["rm", "-f", img], check=False)
+    sh(["umount", MNT], check=False)
+    if "scale" in only:
+        with phase("scale"):
+            out["scale"] = scale(a.scale_exe, m["scale_n"], disk2)
 
-    reps = 3
-    runtime = "2" if quick else "8"
-    workloads = WORKLOADS_FULL if not quick else [WORKLOADS_FULL[0], WORKLOADS_FULL[2],
-                                                 WORKLOADS_FULL[3]]
-    depths = (1, 32) if not quick else (32,)
-    results = measure(make_stacks(disk, img, size), workloads, depths, reps, runtime, size)
-    brd = brd_benchmark(reps, "3" if quick else "10")
-    sh(["rm", "-f", img])
-    setup = setup_cost(disk, (1,) if quick else (1, 4))
-    sh(["umount", MNT])
-    sc = scale(1000 if quick else 20000, disk2)
-
-    out = {"kernel": os.uname().release, "quick": quick, "reps": reps,
-           "fio": [{"stack": s, "workload": w, "qd": q,
-                    "runs": v} for (s, w, q), v in results.items()],
-           "brd": brd, "setup": setup, "scale": sc}
-    with open(os.path.join(a.out, "raw.json"), "w") as f:
-        json.dump(out, f, indent=1)
-    log("bench: raw results in %s" % os.path.join(a.out, "raw.json"))
+    out["complete"] = True
+    save()
+    log("bench: phases %s, %.0f s in all; raw results in %s"
+        % (PHASES, out["guest_total_s"], os.path.join(a.out, "raw.json")))
+    if ERRORS:
+        log("bench: %d error(s):\n  %s" % (len(ERRORS), "\n  ".join(ERRORS)))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,15 @@
  * scale: create and remove N block devices of one kind from one process,
  * and report the rates and the memory each device costs.
  *
- *   scale loop    N DIR        dm-loop devices over N files made in DIR
- *   scale linear  N BLOCKDEV   dm-linear devices over 4 KiB pieces of BLOCKDEV
- *   scale losetup N DIR        /dev/loop devices (LOOP_CONFIGURE) over N files
+ *   scale loop    N DIR [J]      dm-loop devices over N files made in DIR
+ *   scale linear  N BLOCKDEV [J] dm-linear devices over 4 KiB pieces of BLOCKDEV
+ *   scale losetup N DIR [J]      /dev/loop devices (LOOP_CONFIGURE) over N files
  *
- * Prints one JSON object.  Memory is MemAvailable and Slab from
- * /proc/meminfo, read after the files exist and again with all devices up.
+ * J worker processes (default 1) share the devices out, device i to worker
+ * i % J: under QEMU TCG most of a create or remove is spent waiting for RCU
+ * grace periods, which workers overlap.  Prints one JSON object.  Memory is
+ * MemAvailable and Slab from /proc/meminfo, read after the files exist and
+ * again with all devices up.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -20,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -103,18 +107,19 @@ static int make_files(const char *dir, long n)
 	return 0;
 }
 
-static int losetup_one(const char *file, int *devnr)
+static int losetup_one(const char *file, int nr)
 {
 	struct loop_config cfg = { 0 };
 	char dev[64];
-	int ctl, nr, fd, lfd, r;
+	int ctl, fd, lfd, r;
 
+	/* Worker i's devices are numbered by i: no race for a free one. */
 	ctl = open("/dev/loop-control", O_RDWR);
 	if (ctl < 0)
 		return -1;
-	nr = ioctl(ctl, LOOP_CTL_GET_FREE);
+	r = ioctl(ctl, LOOP_CTL_ADD, nr);
 	close(ctl);
-	if (nr < 0)
+	if (r < 0 && errno != EEXIST)
 		return -1;
 	snprintf(dev, sizeof(dev), "/dev/loop%d", nr);
 	lfd = open(dev, O_RDWR);
@@ -125,7 +130,6 @@ static int losetup_one(const char *file, int *devnr)
 	r = ioctl(lfd, LOOP_CONFIGURE, &cfg);
 	close(fd);
 	close(lfd);
-	*devnr = nr;
 	return r;
 }
 
@@ -148,83 +152,119 @@ static int unlosetup_one(int nr)
 	return r;
 }
 
+/* Create (or remove) devices i = first, first + step, ... < n. */
+static int run_part(const char *kind, const char *where, long n, long first,
+		    long step, int create)
+{
+	char name[64], params[4200];
+	int failed = 0;
+	long i;
+
+	dm_log_init_verbose(0);
+	dm_udev_set_sync_support(0);
+	for (i = first; i < n; i += step) {
+		int r;
+
+		snprintf(name, sizeof(name), "scale%ld", i);
+		if (!strcmp(kind, "losetup")) {
+			snprintf(params, sizeof(params), "%s/f%ld", where, i);
+			r = create ? losetup_one(params, (int)i) :
+				     unlosetup_one((int)i);
+		} else if (!create) {
+			r = dm_run(DM_DEVICE_REMOVE, name, NULL, NULL);
+		} else if (!strcmp(kind, "loop")) {
+			snprintf(params, sizeof(params), "%s/f%ld 0", where, i);
+			r = dm_run(DM_DEVICE_CREATE, name, "loop", params);
+		} else {
+			snprintf(params, sizeof(params), "%s %ld", where,
+				 i * (FILE_SIZE / 512));
+			r = dm_run(DM_DEVICE_CREATE, name, "linear", params);
+		}
+		if (r) {
+			fprintf(stderr, "scale: %s %s device %ld failed: %s\n",
+				create ? "creating" : "removing", kind, i,
+				strerror(errno));
+			failed = 1;
+			if (create)	/* the rest is left to removal */
+				break;
+		}
+	}
+	dm_lib_release();
+	return failed;
+}
+
+/* Run run_part() in j worker processes; 0 when every one succeeded. */
+static int run_workers(const char *kind, const char *where, long n, int j,
+		       int create)
+{
+	int w, status, failed = 0;
+
+	for (w = 0; w < j; w++) {
+		pid_t pid = fork();
+
+		if (pid < 0) {
+			perror("fork");
+			return -1;
+		}
+		if (!pid)
+			_exit(run_part(kind, where, n, w, j, create));
+	}
+	while (wait(&status) > 0)
+		if (!WIFEXITED(status) || WEXITSTATUS(status))
+			failed = 1;
+	return failed;
+}
+
 int main(int argc, char **argv)
 {
-	long n, i, made = 0;
+	long n;
+	int j = 1, failed;
 	const char *kind, *where;
-	char name[64], params[4200];
 	long long avail0, slab0, avail1, slab1;
 	double t0, t_create, t_remove;
-	int *loops = NULL;
-	int failed = 0;
 
-	if (argc != 4 || (n = strtol(argv[2], NULL, 10)) <= 0) {
-		fprintf(stderr, "usage: scale loop|linear|losetup N DIR|BLOCKDEV\n");
+	if (argc < 4 || argc > 5 || (n = strtol(argv[2], NULL, 10)) <= 0 ||
+	    (argc == 5 && (j = atoi(argv[4])) <= 0)) {
+		fprintf(stderr, "usage: scale loop|linear|losetup N DIR|BLOCKDEV [WORKERS]\n");
 		return 2;
 	}
 	kind = argv[1];
 	where = argv[3];
+	if (strcmp(kind, "loop") && strcmp(kind, "linear") &&
+	    strcmp(kind, "losetup")) {
+		fprintf(stderr, "scale: unknown kind %s\n", kind);
+		return 2;
+	}
 	if (strcmp(kind, "linear") && make_files(where, n))
 		return 1;
-	if (!strcmp(kind, "losetup")) {
-		loops = calloc(n, sizeof(*loops));
-		if (!loops)
-			return 1;
-	}
-	dm_log_init_verbose(0);
-	dm_udev_set_sync_support(0);
 
 	settle();
 	avail0 = meminfo_kb("MemAvailable");
 	slab0 = meminfo_kb("Slab");
 	t0 = now();
-	for (i = 0; i < n; i++) {
-		int r;
-
-		snprintf(name, sizeof(name), "scale%ld", i);
-		if (!strcmp(kind, "loop")) {
-			snprintf(params, sizeof(params), "%s/f%ld 0", where, i);
-			r = dm_run(DM_DEVICE_CREATE, name, "loop", params);
-		} else if (!strcmp(kind, "linear")) {
-			snprintf(params, sizeof(params), "%s %ld", where,
-				 i * (FILE_SIZE / 512));
-			r = dm_run(DM_DEVICE_CREATE, name, "linear", params);
-		} else {
-			snprintf(params, sizeof(params), "%s/f%ld", where, i);
-			r = losetup_one(params, &loops[i]);
-		}
-		if (r) {
-			fprintf(stderr, "scale: creating device %ld failed: %s\n",
-				i, strerror(errno));
-			failed = 1;
-			break;
-		}
-		made++;
-	}
+	failed = run_workers(kind, where, n, j, 1);
 	t_create = now() - t0;
 	settle();
 	avail1 = meminfo_kb("MemAvailable");
 	slab1 = meminfo_kb("Slab");
 
+	/* Remove everything, also after a failed create (a missing device
+	 * then fails its removal, which is fine). */
 	t0 = now();
-	for (i = 0; i < made; i++) {
-		snprintf(name, sizeof(name), "scale%ld", i);
-		if (loops ? unlosetup_one(loops[i]) :
-			    dm_run(DM_DEVICE_REMOVE, name, NULL, NULL)) {
-			fprintf(stderr, "scale: removing device %ld failed\n", i);
-			failed = 1;
-		}
-	}
+	if (run_workers(kind, where, n, j, 0) && !failed)
+		failed = 2;
 	t_remove = now() - t0;
-	dm_lib_release();
+	if (failed) {
+		fprintf(stderr, "scale: %s failed\n",
+			failed == 1 ? "creating devices" : "removing devices");
+		return 1;
+	}
 
-	printf("{\"kind\": \"%s\", \"count\": %ld, \"create_s\": %.3f, "
-	       "\"remove_s\": %.3f, \"create_per_s\": %.1f, \"remove_per_s\": %.1f, "
+	printf("{\"kind\": \"%s\", \"count\": %ld, \"workers\": %d, "
+	       "\"create_s\": %.3f, \"remove_s\": %.3f, "
+	       "\"create_per_s\": %.1f, \"remove_per_s\": %.1f, "
 	       "\"mem_kb_per_dev\": %.2f, \"slab_kb_per_dev\": %.2f}\n",
-	       kind, made, t_create, t_remove, made / t_create,
-	       made / (t_remove > 0 ? t_remove : 1e-9),
-	       made ? (double)(avail0 - avail1) / made : 0.0,
-	       made ? (double)(slab1 - slab0) / made : 0.0);
-	free(loops);
-	return failed;
+	       kind, n, j, t_create, t_remove, n / t_create, n / t_remove,
+	       (double)(avail0 - avail1) / n, (double)(slab1 - slab0) / n);
+	return 0;
 }
