@@ -378,7 +378,9 @@ def _grid_cell(rs):
     if ext:
         parts.append("%s ext" % (ext[0] if len(ext) == 1 else "%d-%d" % (ext[0], ext[-1])))
     fails = [r.offset_blocks for r in rs if r.result != "pass"]
-    parts.append("ok" if not fails else "**FAIL** at %s" % ",".join(fails))
+    ran = ",".join(r.offset_blocks for r in rs)
+    parts.append("ok at %s" % ran if not fails else "**FAIL** at %s (of %s)" % (
+        ",".join(fails), ran))
     secs = sum(float(r.seconds) for r in rs if r.seconds != "-")
     parts.append("%.0f s" % secs)
     return ", ".join(parts)

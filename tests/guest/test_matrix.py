@@ -14,7 +14,11 @@ By default the fast subset below runs (every filesystem and every layout at
 least once; `make check`); DMLOOP_MATRIX=full runs all of it (debug/matrix,
 `make matrix`: needs a scratch disk of 5 GiB or more for the big layout).
 The table is printed at the end and written to build/matrix/ as Markdown
-and CSV (matrix.* for the full run, subset-<kernel>.* for the subset).
+and CSV (matrix.* for the full run, subset-<kernel>.* for the subset;
+DMLOOP_MATRIX_OUT=<base> elsewhere).  debug/matrix runs two guests:
+DMLOOP_MATRIX_ORDER=reverse takes the cell list from its end, and with
+DMLOOP_MATRIX_CLAIMS=<shared directory> a guest skips the cells the other
+has taken.
 """
 
 import os
