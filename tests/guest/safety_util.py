@@ -161,12 +161,45 @@ def table(path, size, offset=0, opts=()):
     return t
 
 
-def status_fields(name):
-    """dmsetup status as a dict: mode, extents, reads, writes, flushes, splits, reason."""
-    f = dmloop.status(name).split()
+def _status_dict(f):
     assert f[2] == "loop" and len(f) == 10, f
     return {"mode": f[3], "extents": int(f[4]), "reads": int(f[5]), "writes": int(f[6]),
             "flushes": int(f[7]), "splits": int(f[8]), "reason": f[9]}
+
+
+def status_fields(name):
+    """dmsetup status as a dict: mode, extents, reads, writes, flushes, splits, reason."""
+    return _status_dict(dmloop.status(name).split())
+
+
+def status_lines(name):
+    """dmsetup status of a table of several loop targets: one dict per line,
+    with the target's start sector as "start"."""
+    out = []
+    for line in dmloop.status(name).splitlines():
+        d = _status_dict(line.split())
+        d["start"] = int(line.split()[0])
+        out.append(d)
+    return out
+
+
+def dm_names():
+    """Names of all device-mapper devices, from sysfs (no dmsetup process)."""
+    return sorted(p.read_text().strip() for p in Path("/sys/block").glob("dm-*/dm/name"))
+
+
+def debugfs_info(name):
+    """The debugfs `info` figures (numbers as int) of the live loop target of
+    device `name` (a single-target table)."""
+    minor = os.minor(os.stat("/dev/mapper/" + name).st_rdev)
+    insts = sorted(DEBUGFS.glob("dm-%d-*" % minor), key=lambda p: int(p.name.split("-")[-1]))
+    assert insts, "no debugfs instance of %s (dm-%d)" % (name, minor)
+    out = {}
+    for line in (insts[0] / "info").read_text().splitlines():
+        key, _, value = line.partition(":")
+        value = value.strip()
+        out[key.strip()] = int(value) if value.isdigit() else value
+    return out
 
 
 def target_info(name):
@@ -187,12 +220,16 @@ UNMAPPED_MSG = "Block mode not possible: hole, unwritten or shared"
 
 def try_create(name, tbl, readonly=False):
     """dmsetup create that may fail: (CompletedProcess, kernel log lines it caused)."""
-    pos = dmloop.kmsg_pos()
-    args = ["create", name] + (["--readonly"] if readonly else [])
-    p = dmloop.dmsetup(*args, check=False, input=tbl + "\n")
-    if p.returncode == 0:
-        dmloop.created_devices.append(name)
-    return p, dmloop.kmsg_since(pos)
+    kmsg = dmloop.Kmsg()
+    try:
+        kmsg.mark()
+        args = ["create", name] + (["--readonly"] if readonly else [])
+        p = dmloop.dmsetup(*args, check=False, input=tbl + "\n")
+        if p.returncode == 0:
+            dmloop.created_devices.append(name)
+        return p, kmsg.new_lines()
+    finally:
+        kmsg.close()
 
 
 def table_error_re(message, err=None, who="loop"):
@@ -214,7 +251,7 @@ def assert_refused(name, tbl, message, err, readonly=False, who="loop"):
     assert any(want.search(l) for l in lines), (
         "no kernel log line matching %r for table %r; got:\n%s\ndmsetup: %s"
         % (want.pattern, tbl, "\n".join(lines), p.stderr.strip()))
-    assert name not in dmloop.dm_devices(), "a refused table left device %s behind" % name
+    assert name not in dm_names(), "a refused table left device %s behind" % name
     return lines
 
 
@@ -234,7 +271,7 @@ def debugfs_instances():
 def assert_nothing_left(path=None):
     """No dm device, every module figure back to 0, no debugfs instance, and
     the backing file (if given) takes writes again."""
-    assert dmloop.dm_devices() == [], dmloop.dm_devices()
+    assert dm_names() == [], dm_names()
     figures = module_figures()
     assert all(v == 0 for v in figures.values()), figures
     assert debugfs_instances() == [], debugfs_instances()

@@ -26,16 +26,19 @@ from safety_util import (
     FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, FIEMAP_EXTENT_SHARED,
     FIEMAP_EXTENT_UNWRITTEN, UNMAPPED_MSG, MiB, assert_refused, block_size, dedupe, fallocate,
     ficlone, ficlonerange, fiemap, is_pinned, module_figures, mount_source, read_host_blocks,
-    status_fields, table, table_error_re, umount2, write_file, write_probe)
+    debugfs_info, status_fields, status_lines, table, table_error_re, umount2, write_file,
+    write_probe)
 
 SECRET = b"dm-loop SECRET! "          # 16 bytes, repeated over the free space
 
-# Small filesystems, quick to fill (mkfs.xfs since xfsprogs 5.19 refuses
-# anything under 300 MiB).
+# Small filesystems, quick to fill.  mkfs.xfs (xfsprogs >= 5.19) refuses
+# anything under 300 MiB unless it runs under fstests, which it recognises
+# by these three variables.
 SMALL_MKFS = {
-    "ext4": ["mkfs.ext4", "-F", "-q", "-b", "4096", "-m", "0", "{dev}", "96M"],
-    "xfs": ["mkfs.xfs", "-f", "-q", "-d", "size=320m", "{dev}"],
+    "ext4": ["mkfs.ext4", "-F", "-q", "-b", "4096", "-m", "0", "{dev}", "48M"],
+    "xfs": ["mkfs.xfs", "-f", "-q", "-d", "size=64m", "{dev}"],
 }
+XFS_SMALL_ENV = {"TEST_DIR": "1", "TEST_DEV": "1", "QA_CHECK_FS": "1"}
 
 
 @contextlib.contextmanager
@@ -44,13 +47,33 @@ def small_fs(fstype, disk):
     if not dmloop.filesystem_available(fstype):
         dmloop.modprobe(dmloop.FS_MODULE[fstype])
     mp = Path(tempfile.mkdtemp(prefix="dmloop-small-%s-" % fstype, dir="/tmp"))
-    dmloop.run([a.format(dev=dev) for a in SMALL_MKFS[fstype]])
+    dmloop.run([a.format(dev=dev) for a in SMALL_MKFS[fstype]],
+               env=dict(os.environ, **XFS_SMALL_ENV))
     dmloop.run(["mount", dev, str(mp)])
     try:
         yield mp
     finally:
         dmloop.umount(mp)
         os.rmdir(mp)
+
+
+@pytest.fixture(scope="module")
+def ext4_fs():
+    """ext4 (4 KiB blocks) on the first scratch disk, shared by the tests
+    below that need no filesystem of their own (each uses its own files)."""
+    with dmloop.mounted_fs("ext4", dev=dmloop.scratch_disk(0), mkfs_args=("-b", "4096")) as mp:
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def xfs_fs():
+    """XFS (reflink on, mkfs.xfs's default) on the second scratch disk, shared."""
+    with dmloop.mounted_fs("xfs", dev=dmloop.scratch_disk(1)) as mp:
+        yield mp
+
+
+def shared_fs(request, fstype):
+    return request.getfixturevalue(fstype + "_fs")
 
 
 # ------------------------------------------------------------ unwritten extents
@@ -77,7 +100,7 @@ def fill_free_space(mp, pattern):
     dmloop.sync()
 
 
-@pytest.mark.parametrize("fstype,disk", [("ext4", 2), ("xfs", 1)])
+@pytest.mark.parametrize("fstype,disk", [("ext4", 2), ("xfs", 3)])
 def test_unwritten_extents_never_show_stale_blocks(fstype, disk):
     """A preallocated (unwritten) file over blocks that still hold a deleted
     secret: auto mode falls back to file mode naming the first unwritten
@@ -86,7 +109,7 @@ def test_unwritten_extents_never_show_stale_blocks(fstype, disk):
     with small_fs(fstype, disk) as mp:
         fill_free_space(mp, SECRET)
         img = mp / "img"
-        size, written = 16 * MiB, MiB
+        size, written = 8 * MiB, MiB
         fd = os.open(img, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             os.posix_fallocate(fd, 0, size)
@@ -130,43 +153,36 @@ def xfs_reflink_enabled(mp):
 
 
 @pytest.mark.parametrize("mapped", ["copy", "original"])
-def test_reflinked_file_never_writes_the_other(mapped):
+def test_reflinked_file_never_writes_the_other(xfs_fs, mapped):
     """XFS with reflink: after `cp --reflink=always`, either side of the
     clone gets file mode (bmap refuses shared inodes) and writes through the
     device unshare the blocks: the other file's bytes never change."""
-    with dmloop.mounted_fs("xfs", dev=dmloop.scratch_disk(1)) as mp:
-        if not xfs_reflink_enabled(mp):
-            pytest.skip("mkfs.xfs made a filesystem without reflink")
-        size = 4 * MiB
-        orig, copy = mp / "original", mp / "copy"
-        write_file(orig, size, seed=21)
-        dmloop.run(["cp", "--reflink=always", str(orig), str(copy)])
-        dmloop.sync()
-        assert all(e.flags & FIEMAP_EXTENT_SHARED for e in fiemap(copy)), fiemap(copy)
+    mp = xfs_fs
+    if not xfs_reflink_enabled(mp):
+        pytest.skip("mkfs.xfs made a filesystem without reflink")
+    size = 4 * MiB
+    orig, copy = mp / ("original-" + mapped), mp / ("copy-" + mapped)
+    write_file(orig, size, seed=21)
+    dmloop.run(["cp", "--reflink=always", str(orig), str(copy)])
+    dmloop.sync()
+    assert all(e.flags & FIEMAP_EXTENT_SHARED for e in fiemap(copy)), fiemap(copy)
 
-        target, other = (copy, orig) if mapped == "copy" else (orig, copy)
-        assert_refused("rl", table(target, size, opts=("require_block",)),
-                       UNMAPPED_MSG, "EINVAL")
-        dev = dmloop.create("rl", table(target, size))
-        try:
-            st = status_fields("rl")
-            assert (st["mode"], st["reason"]) == ("file", "unmapped:0"), st
-            dmloop.write_random(dev, size, seed=22, direct=True, fsync=True)
-        finally:
-            dmloop.remove("rl")
-        dmloop.drop_caches()
-        dmloop.verify_random(other, size, seed=21)
-        dmloop.verify_random(target, size, seed=22)
+    target, other = (copy, orig) if mapped == "copy" else (orig, copy)
+    assert_refused("rl", table(target, size, opts=("require_block",)),
+                   UNMAPPED_MSG, "EINVAL")
+    dev = dmloop.create("rl", table(target, size))
+    try:
+        st = status_fields("rl")
+        assert (st["mode"], st["reason"]) == ("file", "unmapped:0"), st
+        dmloop.write_random(dev, size, seed=22, direct=True, fsync=True)
+    finally:
+        dmloop.remove("rl")
+    dmloop.drop_caches()
+    dmloop.verify_random(other, size, seed=21)
+    dmloop.verify_random(target, size, seed=22)
 
 
 # ------------------------------------------------------------ pinning
-
-@pytest.fixture(scope="module")
-def pin_fs(request):
-    """One filesystem per type on the first scratch disk for all pinning cases."""
-    with dmloop.mounted_fs(request.param, dev=dmloop.scratch_disk(0)) as mp:
-        yield mp
-
 
 def _open(path, flags=os.O_RDWR):
     return os.open(str(path), flags)
@@ -276,45 +292,8 @@ REFUSED = [
     ("mmap_shared_write", op_mmap_shared_write, errno.ETXTBSY, "ext4 xfs"),
 ]
 
-PIN_SIZE = MiB
-
-
-def _pinned_pair(mp, name):
-    """img (mapped) and other: two files with the same bytes on separate
-    blocks, so that dedupe has something to do."""
-    img, other = mp / ("img-" + name), mp / ("other-" + name)
-    write_file(img, PIN_SIZE, seed=31)
-    write_file(other, PIN_SIZE, seed=31)
-    return img, other
-
-
-def _assert_intact(img, dev):
-    """The file is where it was, with its bytes, and the device still maps them."""
-    assert os.stat(img).st_size == PIN_SIZE
-    dmloop.verify_random(img, PIN_SIZE, seed=31)
-    dmloop.verify_random(dev, PIN_SIZE, seed=31, direct=True)
-
-
-@pytest.mark.parametrize("pin_fs,op,err", [
-    pytest.param(fs, op, err, id="%s-%s" % (fs, name))
-    for name, op, err, fss in REFUSED for fs in fss.split()
-], indirect=["pin_fs"])
-def test_pinned_file_refuses(pin_fs, op, err, request):
-    """While a block-mode device maps the file, the operation fails with the
-    errno 6.1 gives an active swapfile and changes nothing; once the device
-    is removed the same operation works."""
-    img, other = _pinned_pair(pin_fs, request.node.callspec.id)
-    dev = dmloop.create("pin", table(img, PIN_SIZE))
-    try:
-        assert status_fields("pin")["mode"] == "block"
-        with pytest.raises(OSError) as e:
-            op(img, other)
-        assert e.value.errno == err, "%s instead of %s" % (
-            errno.errorcode.get(e.value.errno), errno.errorcode[err])
-        _assert_intact(img, dev)
-    finally:
-        dmloop.remove("pin")
-    op(img, other)
+PIN_SIZE = 256 * 1024
+PIN_SECTORS = PIN_SIZE // 512
 
 
 def op_read(img, other):
@@ -330,38 +309,138 @@ def op_stat(img, other):
 ALLOWED = [("read", op_read), ("stat", op_stat)]
 
 
-@pytest.mark.parametrize("pin_fs,op", [
-    pytest.param(fs, op, id="%s-%s" % (fs, name)) for name, op in ALLOWED for fs in ("ext4", "xfs")
-], indirect=["pin_fs"])
-def test_pinned_file_allows(pin_fs, op, request):
-    """Reading and stat()ing the backing file still work while it is pinned."""
-    img, other = _pinned_pair(pin_fs, request.node.callspec.id)
-    dev = dmloop.create("pin", table(img, PIN_SIZE))
-    try:
-        assert status_fields("pin")["mode"] == "block"
+class PinnedFiles:
+    """One block-mode device per filesystem whose table has a target per
+    case, each over its own file, so that every operation meets a freshly
+    pinned file of its own and the whole set costs one create and one remove."""
+
+    def __init__(self, mp, fstype):
+        self.fstype, self.name = fstype, "pin-" + fstype
+        self.dev = Path("/dev/mapper") / self.name
+        self.cases = ([n for n, _, _, fss in REFUSED if fstype in fss.split()]
+                      + [n for n, _ in ALLOWED] + ["grow"])
+        self.files = {}
+        lines = []
+        for i, case in enumerate(self.cases):
+            img, other = mp / ("img-" + case), mp / ("other-" + case)
+            # other has the same bytes on other blocks, so dedupe has work to do.
+            write_file(img, PIN_SIZE, seed=31)
+            write_file(other, PIN_SIZE, seed=31)
+            self.files[case] = (img, other, i * PIN_SIZE)
+            lines.append("%d %d loop %s 0" % (i * PIN_SECTORS, PIN_SECTORS, img))
+        dmloop.create(self.name, "\n".join(lines))
+        # Created inside the first test that asks for it: keep conftest from
+        # taking it for that test's leftover.  The fixture removes it.
+        dmloop.created_devices.remove(self.name)
+        self.removed = False
+        try:
+            st = status_lines(self.name)
+            assert [s["mode"] for s in st] == ["block"] * len(self.cases), st
+        except BaseException:
+            self.remove()
+            raise
+
+    def get(self, case):
+        if self.removed:
+            pytest.fail("%s was removed by an earlier test: run the file in order" % self.name)
+        return self.files[case]
+
+    def assert_intact(self, case):
+        """The file is where it was, with its bytes, and the device still maps them."""
+        img, _, dev_offset = self.files[case]
+        assert os.stat(img).st_size == PIN_SIZE
+        dmloop.verify_random(img, PIN_SIZE, seed=31)
+        dmloop.verify_random(self.dev, PIN_SIZE, seed=31, offset=dev_offset, direct=True)
+
+    def remove(self):
+        if not self.removed:
+            dmloop.remove(self.name)
+            self.removed = True
+
+
+def _pinned_files(request, fstype):
+    files = PinnedFiles(shared_fs(request, fstype), fstype)
+    yield files
+    files.remove()
+
+
+# One fixture per filesystem (not one parametrized fixture): both sets stay
+# up for the whole module whatever order the cases run in.
+@pytest.fixture(scope="module")
+def pinned_ext4(request):
+    yield from _pinned_files(request, "ext4")
+
+
+@pytest.fixture(scope="module")
+def pinned_xfs(request):
+    yield from _pinned_files(request, "xfs")
+
+
+def pinned_set(request, fstype):
+    return request.getfixturevalue("pinned_" + fstype)
+
+
+def _pin_cases(names):
+    return [pytest.param(fs, name, id="%s-%s" % (fs, name))
+            for name, fss in names for fs in fss.split()]
+
+
+@pytest.mark.parametrize("fstype,case", _pin_cases((n, f) for n, _, _, f in REFUSED))
+def test_pinned_file_refuses(request, fstype, case):
+    """While a block-mode device maps the file, the operation fails with the
+    errno 6.1 gives an active swapfile and changes nothing (the file's
+    bytes, size and mapping)."""
+    pinned = pinned_set(request, fstype)
+    img, other, _ = pinned.get(case)
+    _, op, err, _ = next(r for r in REFUSED if r[0] == case)
+    with pytest.raises(OSError) as e:
         op(img, other)
-        _assert_intact(img, dev)
-    finally:
-        dmloop.remove("pin")
+    assert e.value.errno == err, "%s instead of %s" % (
+        errno.errorcode.get(e.value.errno), errno.errorcode[err])
+    pinned.assert_intact(case)
 
 
-@pytest.mark.parametrize("pin_fs", ["ext4", "xfs"], indirect=True)
-def test_pinned_file_grows_but_never_shrinks(pin_fs):
+@pytest.mark.parametrize("fstype,case", _pin_cases((n, "ext4 xfs") for n, _ in ALLOWED))
+def test_pinned_file_allows(request, fstype, case):
+    """Reading and stat()ing the backing file still work while it is pinned."""
+    pinned = pinned_set(request, fstype)
+    img, other, _ = pinned.get(case)
+    dict(ALLOWED)[case](img, other)
+    pinned.assert_intact(case)
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+def test_pinned_file_grows_but_never_shrinks(request, fstype):
     """Growing truncate is not blocked by S_SWAPFILE (DESIGN.md section 3):
     it works, the mapped bytes stay, and shrinking back is refused."""
-    img, other = _pinned_pair(pin_fs, "grow")
-    dev = dmloop.create("pin", table(img, PIN_SIZE))
-    try:
-        os.truncate(img, PIN_SIZE + MiB)
-        assert os.stat(img).st_size == PIN_SIZE + MiB
-        with pytest.raises(OSError) as e:
-            os.truncate(img, PIN_SIZE)
-        assert e.value.errno == errno.ETXTBSY
-        dmloop.verify_random(img, PIN_SIZE, seed=31)
-        dmloop.verify_random(dev, PIN_SIZE, seed=31, direct=True)
-    finally:
-        dmloop.remove("pin")
-    os.truncate(img, PIN_SIZE)
+    pinned = pinned_set(request, fstype)
+    img, _, dev_offset = pinned.get("grow")
+    os.truncate(img, PIN_SIZE + MiB)
+    assert os.stat(img).st_size == PIN_SIZE + MiB
+    with pytest.raises(OSError) as e:
+        os.truncate(img, PIN_SIZE)
+    assert e.value.errno == errno.ETXTBSY
+    dmloop.verify_random(img, PIN_SIZE, seed=31)
+    dmloop.verify_random(pinned.dev, PIN_SIZE, seed=31, offset=dev_offset, direct=True)
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+def test_removal_unpins_every_file(request, fstype):
+    """Once the device is removed, every operation refused above works on
+    the same files, and shrinking the grown file back works."""
+    pinned = pinned_set(request, fstype)
+    pinned.get("grow")
+    pinned.remove()
+    failed = []
+    for name, op, _, fss in REFUSED:
+        if pinned.fstype in fss.split():
+            img, other, _ = pinned.files[name]
+            try:
+                op(img, other)
+            except OSError as e:
+                failed.append("%s: %s" % (name, e))
+    os.truncate(pinned.files["grow"][0], PIN_SIZE)
+    assert not failed, "still refused after removal:\n" + "\n".join(failed)
 
 
 # ------------------------------------------------------------ online defrag
@@ -386,63 +465,71 @@ def write_interleaved(img, spacer, nblocks, blk, seed):
     dmloop.sync()
 
 
-DEFRAG = {
-    "ext4": (2, ("-b", "4096"), ["e4defrag", "-v"]),
-    "xfs": (1, (), ["xfs_fsr", "-v"]),
-}
+DEFRAG = {"ext4": ["e4defrag", "-v"], "xfs": ["xfs_fsr", "-v"]}
 
 
 @pytest.mark.parametrize("fstype", ["ext4", "xfs"])
-def test_online_defrag_cannot_move_pinned_blocks(fstype):
+def test_online_defrag_cannot_move_pinned_blocks(fstype, request):
     """e4defrag (EXT4_IOC_MOVE_EXT) and xfs_fsr (XFS_IOC_SWAPEXT) leave a
     pinned file's layout and bytes alone; after removal they defragment it."""
-    disk, mkfs_args, tool = DEFRAG[fstype]
-    with dmloop.mounted_fs(fstype, dev=dmloop.scratch_disk(disk), mkfs_args=mkfs_args) as mp:
-        blk = block_size(mp)
-        nblocks = 64
-        img, size = mp / "img", 64 * blk
-        write_interleaved(img, mp / "spacer", nblocks, blk, seed=41)
-        layout = fiemap(img)
-        assert len(layout) > nblocks // 2, "img should be fragmented: %s" % (layout,)
+    mp, tool = shared_fs(request, fstype), DEFRAG[fstype]
+    blk = block_size(mp)
+    nblocks = 32
+    img, size = mp / "img-defrag", nblocks * blk
+    write_interleaved(img, mp / "spacer", nblocks, blk, seed=41)
+    layout = fiemap(img)
+    assert len(layout) > nblocks // 2, "img should be fragmented: %s" % (layout,)
 
-        dev = dmloop.create("defrag", table(img, size))
-        try:
-            assert status_fields("defrag")["extents"] == len(layout)
-            p = dmloop.run(tool + [str(img)], check=False)
-            assert fiemap(img) == layout, "defrag moved pinned blocks:\n%s%s" % (p.stdout, p.stderr)
-            dmloop.verify_random(img, size, seed=41)
-            dmloop.verify_random(dev, size, seed=41, direct=True)
-        finally:
-            dmloop.remove("defrag")
-
+    dev = dmloop.create("defrag", table(img, size))
+    try:
+        assert status_fields("defrag")["extents"] == len(layout)
         p = dmloop.run(tool + [str(img)], check=False)
-        assert len(fiemap(img)) < len(layout) // 2, \
-            "defrag did nothing once unpinned:\n%s%s" % (p.stdout, p.stderr)
-        dmloop.drop_caches()
+        assert fiemap(img) == layout, "defrag moved pinned blocks:\n%s%s" % (p.stdout, p.stderr)
         dmloop.verify_random(img, size, seed=41)
+        dmloop.verify_random(dev, size, seed=41, direct=True)
+    finally:
+        dmloop.remove("defrag")
+
+    p = dmloop.run(tool + [str(img)], check=False)
+    assert len(fiemap(img)) < len(layout) // 2, \
+        "defrag did nothing once unpinned:\n%s%s" % (p.stdout, p.stderr)
+    dmloop.drop_caches()
+    dmloop.verify_random(img, size, seed=41)
 
 
 # ------------------------------------------------------------ unmount
 
-@pytest.mark.parametrize("opts", [(), ("force_file",)], ids=["block", "file"])
-@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
-def test_filesystem_cannot_be_unmounted_under_device(fstype, opts):
-    """The device holds the backing file open: umount(2) fails with EBUSY
-    while it exists and succeeds once it is removed."""
-    with dmloop.mounted_fs(fstype, dev=dmloop.scratch_disk(1)) as mp:
-        img = mp / "img"
-        write_file(img, MiB, seed=51)
-        dmloop.create("um", table(img, MiB, opts=opts))
-        try:
+@pytest.mark.parametrize("fstype,disk", [("ext4", 2), ("xfs", 3)])
+def test_filesystem_cannot_be_unmounted_under_device(fstype, disk):
+    """A device holds its backing file open, in either mode: umount(2)
+    fails with EBUSY while a block-mode or a file-mode device exists, and
+    succeeds once both are removed."""
+    with small_fs(fstype, disk) as mp:
+        for name in ("block", "file"):
+            write_file(mp / name, MiB, seed=51)
+
+        def assert_busy(mode):
             with pytest.raises(OSError) as e:
                 umount2(mp)
-            assert e.value.errno == errno.EBUSY
+            assert e.value.errno == errno.EBUSY, "with the %s-mode device" % mode
             assert dmloop.is_mounted(mp)
-            dmloop.verify_random("/dev/mapper/um", MiB, seed=51, direct=True)
+            assert status_fields("um-" + mode)["mode"] == mode
+            dmloop.verify_random("/dev/mapper/um-" + mode, MiB, seed=51, direct=True)
+
+        try:
+            dmloop.create("um-block", table(mp / "block", MiB))
+            assert_busy("block")
+            dmloop.create("um-file", table(mp / "file", MiB, opts=("force_file",)))
+            dmloop.remove("um-block")
+            assert_busy("file")
+            dmloop.remove("um-file")
         finally:
-            dmloop.remove("um")
+            for name in ("um-block", "um-file"):
+                if name in dmloop.created_devices:
+                    dmloop.remove(name)
         umount2(mp)
         assert not dmloop.is_mounted(mp)
+        dmloop.run(["mount", dmloop.scratch_disk(disk), str(mp)])    # for small_fs's umount
 
 
 # ------------------------------------------------------------ reload
@@ -450,186 +537,233 @@ def test_filesystem_cannot_be_unmounted_under_device(fstype, opts):
 def fio_verify_cmd(dev, size):
     return ["fio", "--name=reload", "--filename=%s" % dev, "--rw=randwrite", "--bs=4k",
             "--direct=1", "--ioengine=psync", "--size=%d" % size, "--verify=crc32c",
-            "--do_verify=1", "--verify_fatal=1", "--randrepeat=1", "--verify_state_save=0"]
+            "--do_verify=1", "--verify_fatal=1", "--randrepeat=1", "--verify_state_save=0",
+            "--loops=%d" % FIO_LOOPS]
 
 
-def test_reload_under_io_keeps_file_pinned():
+# fio writes and verifies the device FIO_LOOPS times (long enough for
+# several reloads however fast the machine); the test reloads at most
+# MAX_RELOADS times, then lets fio finish.
+FIO_LOOPS = 4
+MAX_RELOADS = 6
+
+
+def test_reload_under_io_keeps_file_pinned(ext4_fs):
     """`dmsetup reload` + `resume` of the same table while fio writes and
     verifies: after every swap the file is still pinned (the old table's
     destructor did not unpin the new one), fio's crc32c verify finds every
     block, the file holds what the device holds, and remove unpins."""
-    with dmloop.mounted_fs("ext4", dev=dmloop.scratch_disk(1)) as mp:
-        img, size = mp / "img", 16 * MiB
-        write_file(img, size, seed=61)
-        tbl = table(img, size)
-        dev = dmloop.create("rl", tbl)
-        fio = subprocess.Popen(fio_verify_cmd(dev, size), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-        try:
-            deadline = time.monotonic() + 60
-            while status_fields("rl")["writes"] == 0 and fio.poll() is None:
-                assert time.monotonic() < deadline, "fio never started writing"
-                time.sleep(0.05)
-            reloads = 0
-            while fio.poll() is None:
-                dmloop.reload("rl", tbl)
-                dmloop.resume("rl")
-                if fio.poll() is None:
-                    reloads += 1
-                assert is_pinned(img), "file unpinned after reload %d" % reloads
-                assert module_figures()["block_devices"] == 1
-                assert status_fields("rl")["mode"] == "block"
-            out = fio.communicate()[0]
-        finally:
+    img, size = ext4_fs / "img-reload-io", 8 * MiB
+    write_file(img, size, seed=61)
+    tbl = table(img, size)
+    blocks_before = module_figures()["block_devices"]
+    dev = dmloop.create("rl", tbl)
+    fio = subprocess.Popen(fio_verify_cmd(dev, size), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while debugfs_info("rl")["writes"] == 0 and fio.poll() is None:
+            assert time.monotonic() < deadline, "fio never started writing"
+            time.sleep(0.05)
+        reloads = 0
+        while fio.poll() is None and reloads < MAX_RELOADS:
+            dmloop.reload("rl", tbl)
+            dmloop.resume("rl")
             if fio.poll() is None:
-                fio.kill()
-                fio.wait()
-        assert fio.returncode == 0, out
-        assert reloads >= 3, "fio ended after %d reloads: make it longer\n%s" % (reloads, out)
-        on_device = dmloop.sha256_of(dev, size, direct=True)
-        dmloop.remove("rl")
-        assert not is_pinned(img)
-        # Read through the page cache: removal must have dropped what the
-        # pin probes above cached while the device wrote underneath.
-        assert dmloop.sha256_of(img, size) == on_device
-        assert module_figures()["block_devices"] == 0
+                reloads += 1
+            assert is_pinned(img), "file unpinned after reload %d" % reloads
+            assert module_figures()["block_devices"] == blocks_before + 1
+            assert debugfs_info("rl")["mode"] == "block"
+        out = fio.communicate(timeout=600)[0]
+    finally:
+        if fio.poll() is None:
+            fio.kill()
+            fio.wait()
+    assert fio.returncode == 0, out
+    assert reloads >= 3, "fio ended after %d reloads: make it longer\n%s" % (reloads, out)
+    on_device = dmloop.sha256_of(dev, size, direct=True)
+    dmloop.remove("rl")
+    assert not is_pinned(img)
+    # Read through the page cache: removal must have dropped what the
+    # pin probes above cached while the device wrote underneath.
+    assert dmloop.sha256_of(img, size) == on_device
+    assert module_figures()["block_devices"] == blocks_before
 
 
-def test_reload_with_new_offset_on_same_file():
+def test_reload_with_new_offset_on_same_file(ext4_fs):
     """Reloading the device over another range of the same file works (no
     EBUSY against itself), maps the new range, and keeps the file pinned;
     removing the device unpins it."""
-    with dmloop.mounted_fs("ext4", dev=dmloop.scratch_disk(1)) as mp:
-        img, size, dev_size = mp / "img", 4 * MiB, 2 * MiB
-        write_file(img, size, seed=62)
-        data = dmloop.random_bytes(size, 62)
-        dev = dmloop.create("rl", table(img, dev_size))
-        try:
-            for offset in (MiB, 2 * MiB, 0):
-                dmloop.reload("rl", table(img, dev_size, offset))
-                assert is_pinned(img)
-                dmloop.resume("rl")
-                assert dmloop.table("rl") == table(img, dev_size, offset)
-                assert status_fields("rl")["mode"] == "block"
-                assert is_pinned(img)
-                assert module_figures()["block_devices"] == 1
-                assert dmloop.read_bytes(dev, dev_size, direct=True) == \
-                    data[offset:offset + dev_size]
-        finally:
-            dmloop.remove("rl")
-        assert not is_pinned(img)
+    img, size, dev_size = ext4_fs / "img-reload-offset", 4 * MiB, 2 * MiB
+    write_file(img, size, seed=62)
+    data = dmloop.random_bytes(size, 62)
+    blocks_before = module_figures()["block_devices"]
+    dev = dmloop.create("rl", table(img, dev_size))
+    try:
+        for offset in (MiB, 2 * MiB, 0):
+            dmloop.reload("rl", table(img, dev_size, offset))
+            assert is_pinned(img)
+            dmloop.resume("rl")
+            assert dmloop.table("rl") == table(img, dev_size, offset)
+            assert debugfs_info("rl")["mode"] == "block"
+            assert is_pinned(img)
+            assert module_figures()["block_devices"] == blocks_before + 1
+            assert dmloop.read_bytes(dev, dev_size, direct=True) == \
+                data[offset:offset + dev_size]
+    finally:
+        dmloop.remove("rl")
+    assert not is_pinned(img)
 
 
-@pytest.mark.parametrize("live,new,message", [
-    pytest.param((), ("force_file",), "File is mapped by a block-mode dm-loop device",
-                 id="block_to_file"),
-    pytest.param(("force_file",), (), "File is in use by a file-mode dm-loop device",
-                 id="file_to_block"),
-])
-def test_reload_cannot_switch_mode_on_same_file(live, new, message):
-    """A reload that would switch the same file between block and file mode
-    is refused with EBUSY (the live table's I/O and the new pin would
-    conflict until the resume); the live table keeps working, and the file
-    stays pinned exactly when the live table is in block mode."""
-    with dmloop.mounted_fs("ext4", dev=dmloop.scratch_disk(1)) as mp:
-        img, size = mp / "img", 2 * MiB
-        write_file(img, size, seed=63)
-        tbl = table(img, size, opts=live)
-        dev = dmloop.create("sw", tbl)
-        try:
-            mode = status_fields("sw")["mode"]
-            pos = dmloop.kmsg_pos()
-            p = dmloop.dmsetup("reload", "sw", check=False, input=table(img, size, opts=new) + "\n")
-            assert p.returncode != 0 and "Device or resource busy" in p.stderr, p.stderr
-            want = table_error_re(message, "EBUSY")
-            lines = dmloop.kmsg_since(pos)
-            assert any(want.search(l) for l in lines), lines
-            assert "INACTIVE" not in dmloop.info("sw")
-            dmloop.resume("sw")
-            assert dmloop.table("sw") == tbl and status_fields("sw")["mode"] == mode
-            assert is_pinned(img) == (mode == "block")
-            dmloop.write_random(dev, size, seed=64, direct=True)
-            dmloop.verify_random(dev, size, seed=64, direct=True)
-        finally:
-            dmloop.remove("sw")
+def test_reload_block_to_file_mode_refused(ext4_fs):
+    """A reload that would put a block-mode device's file into file mode is
+    refused with EBUSY (the new table's writes would meet the live table's
+    pin until the resume); the live table keeps working and the file stays
+    pinned until the device is removed."""
+    img, size = ext4_fs / "img-reload-b2f", 2 * MiB
+    write_file(img, size, seed=63)
+    tbl = table(img, size)
+    dev = dmloop.create("sw", tbl)
+    try:
+        assert status_fields("sw")["mode"] == "block"
+        kmsg = dmloop.Kmsg()
+        kmsg.mark()
+        p = dmloop.dmsetup("reload", "sw", check=False,
+                           input=table(img, size, opts=("force_file",)) + "\n")
+        lines = kmsg.new_lines()
+        kmsg.close()
+        assert p.returncode != 0 and "Device or resource busy" in p.stderr, p.stderr
+        want = table_error_re("File is mapped by a block-mode dm-loop device", "EBUSY")
+        assert any(want.search(l) for l in lines), lines
+        assert "INACTIVE" not in dmloop.info("sw")
+        dmloop.resume("sw")
+        assert dmloop.table("sw") == tbl and status_fields("sw")["mode"] == "block"
+        assert is_pinned(img)
+        dmloop.write_random(dev, size, seed=64, direct=True)
+        dmloop.verify_random(dev, size, seed=64, direct=True)
+    finally:
+        dmloop.remove("sw")
+    assert not is_pinned(img)
+    dmloop.verify_random(img, size, seed=64)
+
+
+def test_reload_of_file_mode_device_stays_file_mode(ext4_fs):
+    """Reloading a file-mode device with a table that could have block
+    mode keeps file mode, reason `in_use` (pinning would fail the live
+    table's writes until the resume), never pins the file and loses no
+    data; with `require_block` that reload is refused, and the live
+    table is untouched."""
+    img, size = ext4_fs / "img-reload-f2b", 2 * MiB
+    write_file(img, size, seed=65)
+    dev = dmloop.create("sw", table(img, size, opts=("force_file",)))
+    try:
+        dmloop.write_random(dev, size, seed=66, direct=True)
+        lines = assert_refused_reload("sw", table(img, size, opts=("require_block",)),
+                                      "Block mode not possible: file used by a file-mode table",
+                                      "EINVAL")
+        assert any("%s: block mode required, not possible: in_use" % img in l
+                   for l in lines), lines
+        assert status_fields("sw")["reason"] == "forced"
+        dmloop.reload("sw", table(img, size))
         assert not is_pinned(img)
-        dmloop.verify_random(img, size, seed=64)
+        dmloop.resume("sw")
+        st = status_fields("sw")
+        assert (st["mode"], st["reason"]) == ("file", "in_use"), st
+        assert not is_pinned(img)
+        dmloop.verify_random(dev, size, seed=66, direct=True)
+        dmloop.write_random(dev, size, seed=67, direct=True, fsync=True)
+    finally:
+        dmloop.remove("sw")
+    assert not is_pinned(img)
+    dmloop.verify_random(img, size, seed=67)
+
+
+def assert_refused_reload(name, tbl, message, err):
+    """dmsetup reload that must fail with `message`, leaving no inactive table."""
+    kmsg = dmloop.Kmsg()
+    try:
+        kmsg.mark()
+        p = dmloop.dmsetup("reload", name, check=False, input=tbl + "\n")
+        lines = kmsg.new_lines()
+    finally:
+        kmsg.close()
+    assert p.returncode != 0, "reload with %r was accepted" % tbl
+    want = table_error_re(message, err)
+    assert any(want.search(l) for l in lines), "no %r in:\n%s" % (want.pattern, "\n".join(lines))
+    assert "INACTIVE" not in dmloop.info(name)
+    return lines
 
 
 # ------------------------------------------------------------ other owners
 
 @pytest.mark.parametrize("opts", [(), ("force_file",)], ids=["auto", "force_file"])
-def test_active_swapfile_refused(opts):
+def test_active_swapfile_refused(ext4_fs, opts):
     """A file in use as swap cannot back a device in any mode: EBUSY with its
     own kernel log line; after swapoff the same table works, and the other
     way round swapon refuses a file a block-mode device maps."""
-    with dmloop.mounted_fs("ext4", dev=dmloop.scratch_disk(1)) as mp:
-        swap, size = mp / "swap", 4 * MiB
-        write_file(swap, size, seed=71)
-        os.chmod(swap, 0o600)
-        dmloop.run(["mkswap", str(swap)])
-        dmloop.run(["swapon", str(swap)])
-        try:
-            assert_refused("sw", table(swap, size, opts=opts),
-                           "File is in use as a swapfile", "EBUSY")
-        finally:
-            dmloop.run(["swapoff", str(swap)])
-        dmloop.create("sw", table(swap, size, opts=opts))
-        try:
-            if not opts:
-                assert status_fields("sw")["mode"] == "block"
-                p = dmloop.run(["swapon", str(swap)], check=False)
-                if p.returncode == 0:
-                    dmloop.run(["swapoff", str(swap)])
-                assert p.returncode != 0 and "Device or resource busy" in p.stderr, p.stderr
-        finally:
-            dmloop.remove("sw")
+    swap, size = ext4_fs / ("swap-" + (opts[0] if opts else "auto")), 4 * MiB
+    write_file(swap, size, seed=71)
+    os.chmod(swap, 0o600)
+    dmloop.run(["mkswap", str(swap)])
+    dmloop.run(["swapon", str(swap)])
+    try:
+        assert_refused("sw", table(swap, size, opts=opts),
+                       "File is in use as a swapfile", "EBUSY")
+    finally:
+        dmloop.run(["swapoff", str(swap)])
+    dmloop.create("sw", table(swap, size, opts=opts))
+    try:
+        if not opts:
+            assert status_fields("sw")["mode"] == "block"
+            p = dmloop.run(["swapon", str(swap)], check=False)
+            if p.returncode == 0:
+                dmloop.run(["swapoff", str(swap)])
+            assert p.returncode != 0 and "Device or resource busy" in p.stderr, p.stderr
+    finally:
+        dmloop.remove("sw")
 
 
-def test_same_file_twice_refused():
+def test_same_file_twice_refused(ext4_fs):
     """A file a block-mode device maps cannot back a second device (block or
     file mode): EBUSY, each with its message; the first keeps working, and
     once it is gone the second can be created."""
-    with dmloop.mounted_fs("ext4", dev=dmloop.scratch_disk(1)) as mp:
-        img, size = mp / "img", 2 * MiB
-        write_file(img, size, seed=81)
-        first = dmloop.create("first", table(img, size))
-        try:
-            assert status_fields("first")["mode"] == "block"
-            assert_refused("second", table(img, size),
-                           "File is already mapped by another dm-loop device", "EBUSY")
-            assert_refused("second", table(img, size, opts=("force_file",)),
-                           "File is mapped by a block-mode dm-loop device", "EBUSY")
-            dmloop.write_random(first, size, seed=82, direct=True)
-            dmloop.verify_random(first, size, seed=82, direct=True)
-            assert status_fields("first")["mode"] == "block"
-            assert is_pinned(img)
-        finally:
-            dmloop.remove("first")
-        dmloop.verify_random(img, size, seed=82)
-        dmloop.create("second", table(img, size))
-        try:
-            assert status_fields("second")["mode"] == "block"
-        finally:
-            dmloop.remove("second")
+    img, size = ext4_fs / "img-twice", 2 * MiB
+    write_file(img, size, seed=81)
+    first = dmloop.create("first", table(img, size))
+    try:
+        assert status_fields("first")["mode"] == "block"
+        assert_refused("second", table(img, size),
+                       "File is already mapped by another dm-loop device", "EBUSY")
+        assert_refused("second", table(img, size, opts=("force_file",)),
+                       "File is mapped by a block-mode dm-loop device", "EBUSY")
+        dmloop.write_random(first, size, seed=82, direct=True)
+        dmloop.verify_random(first, size, seed=82, direct=True)
+        assert is_pinned(img)
+    finally:
+        dmloop.remove("first")
+    dmloop.verify_random(img, size, seed=82)
+    dmloop.create("second", table(img, size))
+    try:
+        assert status_fields("second")["mode"] == "block"
+    finally:
+        dmloop.remove("second")
 
 
-def test_file_mode_device_keeps_block_mode_off_the_file():
+def test_file_mode_device_keeps_block_mode_off_the_file(ext4_fs):
     """A second device cannot pin a file a file-mode device writes through
     the VFS (its writes would start failing with ETXTBSY): EBUSY; a second
     file-mode device is allowed, like two loop devices on one file."""
-    with dmloop.mounted_fs("ext4", dev=dmloop.scratch_disk(1)) as mp:
-        img, size = mp / "img", 2 * MiB
-        write_file(img, size, seed=83)
-        first = dmloop.create("first", table(img, size, opts=("force_file",)))
-        try:
-            assert_refused("second", table(img, size),
-                           "File is in use by a file-mode dm-loop device", "EBUSY")
-            assert not is_pinned(img)
-            dmloop.create("second", table(img, size, opts=("force_file",)))
-            dmloop.remove("second")
-            dmloop.write_random(first, size, seed=84, direct=True, fsync=True)
-            dmloop.verify_random(first, size, seed=84, direct=True)
-        finally:
-            dmloop.remove("first")
-        dmloop.verify_random(img, size, seed=84)
+    img, size = ext4_fs / "img-filemode", 2 * MiB
+    write_file(img, size, seed=83)
+    first = dmloop.create("first", table(img, size, opts=("force_file",)))
+    try:
+        assert_refused("second", table(img, size),
+                       "File is in use by a file-mode dm-loop device", "EBUSY")
+        assert not is_pinned(img)
+        dmloop.create("second", table(img, size, opts=("force_file",)))
+        dmloop.remove("second")
+        dmloop.write_random(first, size, seed=84, direct=True, fsync=True)
+        dmloop.verify_random(first, size, seed=84, direct=True)
+    finally:
+        dmloop.remove("first")
+    dmloop.verify_random(img, size, seed=84)

@@ -145,7 +145,7 @@ def test_read_only_mount_needs_read_only_table(remountable, how):
     refused with EROFS and its message; `dmsetup create --readonly` works
     and reads the file's bytes in block mode."""
     mp = remountable
-    write_file(mp / "img-ro", 4 * MiB, seed=2)
+    write_file(mp / "img-ro", MiB, seed=2)
     ro = Path(tempfile.mkdtemp(prefix="dmloop-robind-", dir="/tmp"))
     if how == "ro_mount":
         dmloop.run(["mount", "-o", "remount,ro", str(mp)])
@@ -155,14 +155,14 @@ def test_read_only_mount_needs_read_only_table(remountable, how):
         dmloop.run(["mount", "-o", "remount,bind,ro", str(ro)])
         img = ro / "img-ro"
     try:
-        assert_refused("ro", table(img, 4 * MiB),
+        assert_refused("ro", table(img, MiB),
                        "File is on a read-only filesystem (use a read-only table)", "EROFS")
         assert_nothing_left()
-        dev = dmloop.create("ro", table(img, 4 * MiB), readonly=True)
+        dev = dmloop.create("ro", table(img, MiB), readonly=True)
         try:
             assert status_fields("ro")["mode"] == "block"
             assert target_info("ro")["read_only"] == 1
-            dmloop.verify_random(dev, 4 * MiB, seed=2, direct=True)
+            dmloop.verify_random(dev, MiB, seed=2, direct=True)
         finally:
             dmloop.remove("ro")
     finally:
@@ -200,7 +200,7 @@ def test_read_only_table_opens_file_read_only(remountable, opts):
     filesystem can then be remounted read-only under it, which a read-write
     table prevents (EBUSY: a file open for writing)."""
     mp = remountable
-    img, size = mp / "img-rotable", 4 * MiB
+    img, size = mp / "img-rotable", MiB
     write_file(img, size, seed=3)
 
     dmloop.create("rw", table(img, size, opts=opts))
@@ -235,12 +235,12 @@ def test_read_only_table_opens_file_read_only(remountable, opts):
 def test_require_block_on_ext4_gives_block_mode(files):
     """`1 require_block` on a fully written ext4 file loads in block mode."""
     img = files / "img-rb"
-    write_file(img, 4 * MiB, seed=4)
-    dev = dmloop.create("rb", table(img, 4 * MiB, opts=("require_block",)))
+    write_file(img, MiB, seed=4)
+    dev = dmloop.create("rb", table(img, MiB, opts=("require_block",)))
     try:
         st = status_fields("rb")
         assert (st["mode"], st["reason"]) == ("block", "-"), st
-        dmloop.verify_random(dev, 4 * MiB, seed=4, direct=True)
+        dmloop.verify_random(dev, MiB, seed=4, direct=True)
     finally:
         dmloop.remove("rb")
 
@@ -254,16 +254,16 @@ def test_require_block_refused_with_reason(files, where):
         d = Path(tempfile.mkdtemp(prefix="dmloop-tmpfs-", dir="/tmp"))
         assert dmloop.run(["stat", "-f", "-c", "%T", str(d)]).stdout.strip() == "tmpfs"
         img = d / "img"
-        write_file(img, 8 * MiB, seed=5)
+        write_file(img, 2 * MiB, seed=5)
         message, reason = "Block mode not possible: no block device", "no_bdev"
     else:
         img = files / "img-sparse"
-        write_file(img, 4 * MiB, seed=5)
-        os.truncate(img, 8 * MiB)           # a hole from 4 MiB on
+        write_file(img, MiB, seed=5)
+        os.truncate(img, 2 * MiB)           # a hole from 1 MiB on
         message = UNMAPPED_MSG
-        reason = "unmapped:%d" % (4 * MiB // os.statvfs(files).f_bsize)
+        reason = "unmapped:%d" % (MiB // os.statvfs(files).f_bsize)
     try:
-        lines = assert_refused("rb", table(img, 8 * MiB, opts=("require_block",)),
+        lines = assert_refused("rb", table(img, 2 * MiB, opts=("require_block",)),
                                message, "EINVAL")
         assert any("device-mapper: loop: %s: block mode required, not possible: %s"
                    % (img, reason) in l for l in lines), lines
@@ -296,7 +296,7 @@ def test_unaligned_offset_gets_file_mode(files):
 def test_force_file_gives_file_mode(files):
     """`1 force_file` on a file block mode could map: file mode, reason
     `forced`, data round trip both ways, the file not pinned."""
-    img, size = files / "img-ff", 4 * MiB
+    img, size = files / "img-ff", MiB
     write_file(img, size, seed=6)
     dev = dmloop.create("ff", table(img, size, opts=("force_file",)))
     try:
@@ -318,7 +318,7 @@ def test_force_file_gives_file_mode(files):
 def test_no_direct_io(files, opts, mode, direct):
     """`no_direct_io` is accepted; in file mode every I/O is then buffered
     (without it, aligned I/O is direct); in block mode it changes nothing."""
-    img, size = files / "img-nd", 4 * MiB
+    img, size = files / "img-nd", MiB
     write_file(img, size, seed=8)
     dev = dmloop.create("nd", table(img, size, opts=opts))
     try:
@@ -340,69 +340,107 @@ def test_no_direct_io(files, opts, mode, direct):
 
 # ------------------------------------------------------------ table and status output
 
+# (id, file name, offset, optional args): one target each, in one table.
 ROUND_TRIP = [
-    ("plain", "img", 0, ()),
-    ("offset", "img", 4096, ()),
-    ("force_file", "img", 0, ("force_file",)),
-    ("require_block", "img", 0, ("require_block",)),
-    ("no_direct_io", "img", 0, ("no_direct_io",)),
-    ("two_opts", "img", 0, ("force_file", "no_direct_io")),
-    ("offset_two_opts", "img", 8192, ("require_block", "no_direct_io")),
+    ("plain", "rt-plain", 0, ()),
+    ("offset", "rt-offset", 4096, ()),
+    ("force_file", "rt-force_file", 0, ("force_file",)),
+    ("require_block", "rt-require_block", 0, ("require_block",)),
+    ("no_direct_io", "rt-no_direct_io", 0, ("no_direct_io",)),
+    ("two_opts", "rt-two_opts", 0, ("force_file", "no_direct_io")),
+    ("offset_two_opts", "rt-offset_two_opts", 8192, ("require_block", "no_direct_io")),
     # libdevmapper doubles backslashes and dm_split_args() undoes that: the
     # path prints back raw.  (A space cannot be passed through dmsetup at all.)
-    ("backslash_in_path", "back\\slash", 0, ()),
+    ("backslash_in_path", "rt-back\\slash", 0, ()),
 ]
+RT_SIZE = 64 * 1024
 
 
-@pytest.mark.parametrize("name,offset,opts", [
-    pytest.param(n, o, a, id=i) for i, n, o, a in ROUND_TRIP])
-def test_table_prints_back_what_recreates_it(files, name, offset, opts):
-    """`dmsetup table` prints exactly the line the device was created with;
-    a device created from that output has the identical table and mode."""
-    img = files / name
-    if not img.exists():
-        os.link(files / "img", img)
-    tbl = table(img, SIZE - offset, offset, opts)
-    dmloop.create("tt", tbl)
+def _multi_target(files, rows):
+    """One table with a target per row (start, its own file, offset, options),
+    each row's file written on first use; returns the table's lines."""
+    lines, start = [], 0
+    for _, fname, offset, opts in rows:
+        img = files / fname
+        if not img.exists():
+            write_file(img, RT_SIZE, seed=16)
+        line = table(img, RT_SIZE - offset, offset, opts)
+        line = "%d%s" % (start, line[1:])
+        lines.append(line)
+        start += (RT_SIZE - offset) // 512
+    return lines
+
+
+def _table_and_modes(name):
+    return (dmloop.table(name).splitlines(),
+            [line.split()[3] for line in dmloop.status(name).splitlines()])
+
+
+def _diff(ids, got, want):
+    return "\n".join("%s: got %r, want %r" % (i, g, w)
+                     for i, g, w in zip(ids, got, want) if g != w) or \
+        "%d lines, want %d" % (len(got), len(want))
+
+
+def test_table_prints_back_what_recreates_it(files):
+    """`dmsetup table` prints exactly the line each target was created with
+    (plain, with an offset, every optional argument and pairs of them, a
+    backslash in the path); a device created from that output has the
+    identical table, and each target the same mode."""
+    ids = [r[0] for r in ROUND_TRIP]
+    lines = _multi_target(files, ROUND_TRIP)
+    dmloop.create("tt", "\n".join(lines))
     try:
-        printed = dmloop.table("tt")
-        mode = status_fields("tt")["mode"]
+        printed, modes = _table_and_modes("tt")
     finally:
         dmloop.remove("tt")
-    assert printed == tbl
-    dmloop.create("tt", printed)
+    assert printed == lines, _diff(ids, printed, lines)
+    dmloop.create("tt", "\n".join(printed))
     try:
-        assert dmloop.table("tt") == printed
-        assert status_fields("tt")["mode"] == mode
+        again, modes_again = _table_and_modes("tt")
     finally:
         dmloop.remove("tt")
+    assert again == printed, _diff(ids, again, printed)
+    assert modes_again == modes, _diff(ids, modes_again, modes)
+    want_modes = ["file" if "force_file" in r[3] else "block" for r in ROUND_TRIP]
+    assert modes == want_modes, _diff(ids, modes, want_modes)
 
 
+# (id, optional args as given, as printed back, offset as given)
 EQUIVALENT = [
-    ("zero_opts", "{img} 0 0", "{img} 0"),
-    ("opts_reordered", "{img} 0 2 no_direct_io force_file", "{img} 0 2 force_file no_direct_io"),
-    ("opts_upper_case", "{img} 0 1 FORCE_FILE", "{img} 0 1 force_file"),
-    ("offset_plus_sign", "{img} +512", "{img} 512"),
+    ("zero_opts", "0 0", "0"),
+    ("opts_reordered", "0 2 no_direct_io force_file", "0 2 force_file no_direct_io"),
+    ("opts_upper_case", "0 1 FORCE_FILE", "0 1 force_file"),
+    ("offset_plus_sign", "+512", "512"),
 ]
 
 
-@pytest.mark.parametrize("given,canonical", [pytest.param(g, c, id=i) for i, g, c in EQUIVALENT])
-def test_table_prints_canonical_form_of_equivalent_input(files, given, canonical):
-    """Input the parser accepts in another spelling prints back in one
+def test_table_prints_canonical_form_of_equivalent_input(files):
+    """Input the parser accepts in another spelling (an empty option list,
+    options reordered or in upper case, a `+` sign) prints back in one
     canonical spelling, which itself prints back unchanged."""
-    sectors = SECTORS - 1
-    head = "0 %d loop " % sectors
-    dmloop.create("tt", head + _fill(given, files))
+    ids = [e[0] for e in EQUIVALENT]
+    sectors = RT_SIZE // 512 - 1
+    given, canonical = [], []
+    for i, (name, g, c) in enumerate(EQUIVALENT):
+        img = files / ("eq-" + name)
+        if not img.exists():
+            write_file(img, RT_SIZE, seed=17)
+        head = "%d %d loop %s " % (i * sectors, sectors, img)
+        given.append(head + g)
+        canonical.append(head + c)
+    dmloop.create("tt", "\n".join(given))
     try:
-        printed = dmloop.table("tt")
+        printed = dmloop.table("tt").splitlines()
     finally:
         dmloop.remove("tt")
-    assert printed == head + _fill(canonical, files)
-    dmloop.create("tt", printed)
+    assert printed == canonical, _diff(ids, printed, canonical)
+    dmloop.create("tt", "\n".join(printed))
     try:
-        assert dmloop.table("tt") == printed
+        again = dmloop.table("tt").splitlines()
     finally:
         dmloop.remove("tt")
+    assert again == printed, _diff(ids, again, printed)
 
 
 def test_status_leads_with_mode_and_extent_count(files):
@@ -534,7 +572,7 @@ def test_dmlosetup_create_and_delete(files, dmlosetup):
     carries data to the file; `dmlosetup -d loop0` removes it."""
     os.mkdir(files / "real")
     os.symlink("real", files / "link")
-    img, size = files / "real" / "img", 8 * MiB
+    img, size = files / "real" / "img", 2 * MiB
     write_file(img, size, seed=10)
     dev = _dmlosetup_create(dmlosetup, "loop0", "link/img", cwd=files)
     assert dmloop.table("loop0") == "0 %d loop %s 0" % (size >> 9, os.path.realpath(img))
@@ -550,7 +588,7 @@ def test_dmlosetup_create_and_delete(files, dmlosetup):
 def test_dmlosetup_offset(files, dmlosetup):
     """`dmlosetup -o <offset>` writes `0 <(size-offset)>>9> loop <path> <offset>`
     and the device starts at that byte of the file."""
-    img, size, offset = files / "img-offset", 8 * MiB, 12288
+    img, size, offset = files / "img-offset", 2 * MiB, 12288
     write_file(img, size, seed=12)
     dev = _dmlosetup_create(dmlosetup, "-o", offset, "loop0", img)
     try:
@@ -586,7 +624,7 @@ def test_dmlosetup_read_only_fallback(remountable, dmlosetup, why):
     """dmlosetup on a file it cannot open for writing (read-only mount, or an
     immutable file) falls back to a read-only table; the target accepts it
     and reads work."""
-    img, size = remountable / ("img-dmlosetup-" + why), 4 * MiB
+    img, size = remountable / ("img-dmlosetup-" + why), MiB
     write_file(img, size, seed=13)
     with contextlib.ExitStack() as stack:
         if why == "ro_mount":
