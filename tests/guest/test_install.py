@@ -124,8 +124,8 @@ def _tmpfs_file(name, size=4096):
 
 # ------------------------------------------------------------ install helpers
 
-def _install(*args, check=True):
-    return dmloop.run([str(INSTALL)] + list(args), check=check)
+def _install(*args, check=True, timeout=900):
+    return dmloop.run([str(INSTALL)] + list(args), check=check, timeout=timeout)
 
 
 def _snapshot(*roots):
@@ -368,7 +368,8 @@ class TestDkms:
         if dmloop.run(["dkms", "status", "-m", "dm-loop"]).stdout.strip():
             pytest.skip("dm-loop is registered with dkms already")
         t0 = time.monotonic()
-        p = _install("dkms-install", "KVER=" + KVER, check=False)
+        # A kernel module build under TCG: minutes, more on a loaded host.
+        p = _install("dkms-install", "KVER=" + KVER, check=False, timeout=1800)
         assert p.returncode == 0, "dkms-install failed:\n%s\n%s" % (p.stdout[-3000:], p.stderr[-3000:])
         print("dkms-install took %.0f s" % (time.monotonic() - t0))
         yield p.stdout
