@@ -545,7 +545,7 @@ def fio_verify_cmd(dev, size):
 # several reloads however fast the machine); the test reloads at most
 # MAX_RELOADS times, then lets fio finish.
 FIO_LOOPS = 4
-MAX_RELOADS = 6
+MAX_RELOADS = 3
 
 
 def test_reload_under_io_keeps_file_pinned(ext4_fs):
