@@ -50,7 +50,7 @@ endif
 GUEST_RUN = $(VM) $(VM_KERNEL) $(GUEST_DISKS) --timeout $(GUEST_TIMEOUT) -- \
 	env DMLOOP_KO=$(abspath $(KO)) $(PYTEST) -q -rs $(GUEST_TESTS) \
 	$(addprefix --deselect ,$(GUEST_DESELECT))
-GUEST_TESTS ?= $(if $(filter debug,$(KERNEL)),$(DEBUG_SUBSET),$(if $(ALL_KERNELS),$(PORTABLE_SUBSET),$(STOCK_SUITE)))
+GUEST_TESTS ?= $(if $(filter debug,$(KERNEL)),$(DEBUG_SUBSET),$(if $(ALL_KERNELS),$(if $(filter stock,$(KERNEL)),$(STOCK_SUITE),$(PORTABLE_SUBSET)),$(STOCK_SUITE)))
 
 .PHONY: bench bench-quick
 # Benchmarks (in the VM): tables and plots in build/bench/.
