@@ -435,7 +435,9 @@ def test_suspend_resume_and_remove_with_io_in_flight():
             job = fm.fio(dev, "--ioengine=libaio", "--direct=1", "--iodepth=32",
                          "--rw=randwrite", "--bsrange=4k-64k", "--size=32M",
                          "--verify=crc32c", "--verify_fatal=1", "--verify_backlog=64",
-                         background=True)
+                         # At most 4 MiB/s: fio runs for >= 8 s however idle
+                         # the machine, long enough for the suspend cycles.
+                         "--rate=4m", background=True)
             # fio closes and reopens the device between phases: hold it open
             # ourselves so that the remove below always meets an open device.
             holder = os.open(dev, os.O_RDONLY)
