@@ -575,8 +575,7 @@ int cmd_compare(int argc, char **argv)
 			usage(stdout);
 			return EXIT_OK;
 		default:
-			fprintf(stderr, "Try '" PROGNAME " --help'.\n");
-			return EXIT_ERROR;
+			return usage_error(NULL);
 		}
 	}
 	if (o.no_fiemap && o.fiemap_path) {
@@ -600,9 +599,7 @@ int cmd_compare(int argc, char **argv)
 		return EXIT_ERROR;
 	}
 	if (optind + 1 != argc) {
-		error("compare: give one device (or --extents FILE)");
-		fprintf(stderr, "Try '" PROGNAME " --help'.\n");
-		return EXIT_ERROR;
+		return usage_error("compare: give one device (or --extents FILE)");
 	}
 	if (o.no_fiemap && !o.nfilefrag) {
 		error("compare: --no-fiemap leaves nothing to compare: add --filefrag FILE");

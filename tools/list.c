@@ -60,8 +60,7 @@ int cmd_list(int argc, char **argv)
 			usage(stdout);
 			return EXIT_OK;
 		default:
-			fprintf(stderr, "Try '" PROGNAME " --help'.\n");
-			return EXIT_ERROR;
+			return usage_error(NULL);
 		}
 	}
 	if (optind != argc) {

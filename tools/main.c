@@ -73,9 +73,7 @@ int main(int argc, char **argv)
 	size_t i;
 
 	if (argc < 2) {
-		error("no command given");
-		fprintf(stderr, "Try '" PROGNAME " --help'.\n");
-		return EXIT_ERROR;
+		return usage_error("no command given");
 	}
 	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
 	    !strcmp(argv[1], "help")) {
@@ -96,7 +94,5 @@ int main(int argc, char **argv)
 		argv[1] = name;
 		return commands[i].fn(argc - 1, argv + 1);
 	}
-	error("unknown command '%s'", argv[1]);
-	fprintf(stderr, "Try '" PROGNAME " --help'.\n");
-	return EXIT_ERROR;
+	return usage_error("unknown command '%s'", argv[1]);
 }

@@ -993,14 +993,11 @@ int cmd_report(int argc, char **argv)
 			usage(stdout);
 			return EXIT_OK;
 		default:
-			fprintf(stderr, "Try '" PROGNAME " --help'.\n");
-			return EXIT_ERROR;
+			return usage_error(NULL);
 		}
 	}
 	if (optind + 1 != argc) {
-		error("report: give one device");
-		fprintf(stderr, "Try '" PROGNAME " --help'.\n");
-		return EXIT_ERROR;
+		return usage_error("report: give one device");
 	}
 	return report(argv[optind], output);
 }

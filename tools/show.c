@@ -160,14 +160,11 @@ int cmd_show(int argc, char **argv)
 			usage(stdout);
 			return EXIT_OK;
 		default:
-			fprintf(stderr, "Try '" PROGNAME " --help'.\n");
-			return EXIT_ERROR;
+			return usage_error(NULL);
 		}
 	}
 	if (optind + 1 != argc) {
-		error("show: give one device");
-		fprintf(stderr, "Try '" PROGNAME " --help'.\n");
-		return EXIT_ERROR;
+		return usage_error("show: give one device");
 	}
 	if (device_targets_load(argv[optind], has_start ? &start : NULL, &dt,
 				&partial))

@@ -60,6 +60,19 @@ void warning(const char *fmt, ...)
 	va_end(ap);
 }
 
+int usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	if (fmt) {
+		va_start(ap, fmt);
+		message("", fmt, ap);
+		va_end(ap);
+	}
+	fprintf(stderr, "Try '" PROGNAME " --help'.\n");
+	return EXIT_ERROR;
+}
+
 int parse_u64_span(const char *s, size_t len, uint64_t *out)
 {
 	char buf[32];

@@ -26,6 +26,11 @@ void error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  */
 void error_capture(FILE *f, bool quiet);
 void warning(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/*
+ * A command line that cannot be used: the message (if fmt is not NULL),
+ * then the pointer to --help.  Returns EXIT_ERROR for the caller to return.
+ */
+int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /*
  * Parse an unsigned decimal number that must fill [s, s + len) exactly:
