@@ -12,6 +12,7 @@
 Stdlib only.
 """
 
+import atexit
 import contextlib
 import csv
 import errno
@@ -103,12 +104,16 @@ class Place:
     layout_check: str        # "fiemap", "seek" or "none"
 
 
-def _mkfs_mount(spec, dev, size):
+def _mkfs(spec, dev, size):
     fstype = spec.fstype
     if not dmloop.filesystem_available(fstype):
         dmloop.modprobe(dmloop.FS_MODULE[fstype])
     cmd = list(dmloop.MKFS[fstype]) + list(spec.mkfs)
     if size is None:
+        if fstype.startswith("ext"):
+            # The whole 8 GiB disk (big): few inodes, so that mkfs does not
+            # write a 128 MiB inode table under TCG (ext2/ext3 have no lazy init).
+            cmd += ["-N", "4096"]
         cmd.append(dev)
     elif fstype == "xfs":
         cmd += ["-d", "size=%d" % size, dev]
@@ -117,6 +122,11 @@ def _mkfs_mount(spec, dev, size):
     else:
         cmd += [dev, "%dk" % (size // KiB)]
     dmloop.run(cmd)
+
+
+def _mkfs_mount(spec, dev, size):
+    _mkfs(spec, dev, size)
+    fstype = spec.fstype
     mp = Path(tempfile.mkdtemp(prefix="mx-%s-" % spec.name, dir="/tmp"))
     dmloop.run(["mount", "-t", fstype, dev, str(mp)])
     return mp
@@ -138,13 +148,17 @@ def place(fs, layout, disk):
     if layout == "big" and dmloop.device_size(disk) < 5 * GiB:
         raise NotAvailable("the big layout needs a scratch disk of 5 GiB or more "
                            "(debug/matrix gives 8G)")
+    if spec.name == "nfs":
+        why = fm.nfs_missing()
+        if why:
+            raise NotAvailable(why)
+        _mkfs(spec, disk, size)
+        with NFS_SERVER.serve(disk, spec.fstype) as (server, client):
+            yield Place(server, client, "fiemap")
+        return
     mp = _mkfs_mount(spec, disk, size)
     try:
-        if spec.name == "nfs":
-            with nfs_mount(mp) as client:
-                yield Place(mp, client, "fiemap")
-        else:
-            yield Place(mp, mp, "fiemap")
+        yield Place(mp, mp, "fiemap")
     finally:
         dmloop.umount(mp)
         with contextlib.suppress(OSError):
@@ -155,14 +169,85 @@ class NotAvailable(Exception):
     """The place cannot be made in this guest (the reason is the message)."""
 
 
-@contextlib.contextmanager
-def nfs_mount(export):
-    """NFS v4.2 over loopback, from the file-mode tests' helper."""
-    why = fm.nfs_missing()
-    if why:
-        raise NotAvailable(why)
-    with fm.nfs_export(export) as mp:
-        yield mp
+class _NfsServer:
+    """The guest's kernel nfsd, started once per guest session (atexit stops
+    it): it serves NFS_EXPORT (fsid=0, loopback, v4 only; the options of
+    filemode_util.nfs_export).  Each NFS cell mounts its fresh filesystem
+    on NFS_EXPORT, flushes nfsd's export cache so that the export resolves
+    to it, and mounts the client; after the cell, the reverse.  Starting
+    nfsd per cell cost 15-30 s under TCG."""
+
+    def __init__(self):
+        self.up = False
+        self.mountd = set()
+
+    def start(self):
+        if self.up:
+            return
+        dmloop.run(["ip", "link", "set", "lo", "up"])
+        for m in ("nfsd", "nfsv4"):
+            dmloop.modprobe(m, check=True)
+        if not dmloop.is_mounted("/proc/fs/nfsd"):
+            dmloop.run(["mount", "-t", "nfsd", "nfsd", "/proc/fs/nfsd"])
+        for d in ("/var/lib/nfs", "/var/lib/nfs/v4recovery", "/run/rpc_pipefs", NFS_EXPORT):
+            os.makedirs(d, exist_ok=True)
+        with open("/etc/exports", "w") as f:
+            f.write("")
+        before = set(fm._pids_of("rpc.mountd"))
+        dmloop.run(["exportfs", "-o", "rw,sync,no_root_squash,insecure,fsid=0,no_subtree_check",
+                    "127.0.0.1:%s" % NFS_EXPORT])
+        dmloop.run(["rpc.mountd", "-N", "3"])
+        self.mountd = set(fm._pids_of("rpc.mountd")) - before
+        for name in ("nfsv4leasetime", "nfsv4gracetime"):
+            with open("/proc/fs/nfsd/" + name, "w") as f:
+                f.write("10\n")
+        self.up = True
+        dmloop.run(["rpc.nfsd", "-N", "3", "--no-udp", "-H", "127.0.0.1", "2"])
+        with contextlib.suppress(OSError):
+            with open("/proc/fs/nfsd/v4_end_grace", "w") as f:
+                f.write("Y\n")
+
+    def stop(self):
+        if not self.up:
+            return
+        self.up = False
+        dmloop.run(["rpc.nfsd", "0"], check=False)
+        dmloop.run(["exportfs", "-ua"], check=False)
+        for pid in self.mountd:
+            with contextlib.suppress(OSError):
+                os.kill(pid, 15)
+        self.mountd = set()
+
+    @contextlib.contextmanager
+    def serve(self, dev, fstype):
+        """Mount `dev` on the export, serve it; yields (server side, client side)."""
+        self.start()
+        dmloop.run(["mount", "-t", fstype, dev, NFS_EXPORT])
+        client = Path(tempfile.mkdtemp(prefix="mx-nfs-client-", dir="/tmp"))
+        try:
+            dmloop.run(["exportfs", "-f"])
+            dmloop.run(["mount", "-t", "nfs4", "-o", "vers=4,proto=tcp,addr=127.0.0.1",
+                        "127.0.0.1:/", str(client)], timeout=120)
+            try:
+                yield Path(NFS_EXPORT), client
+            finally:
+                dmloop.umount(client)
+        finally:
+            with contextlib.suppress(OSError):
+                os.rmdir(client)
+            dmloop.run(["exportfs", "-f"], check=False)
+            try:
+                dmloop.umount(NFS_EXPORT)
+            except RuntimeError:
+                # nfsd still holds the filesystem: stop it (the next cell
+                # starts it again), then unmount.
+                self.stop()
+                dmloop.umount(NFS_EXPORT)
+
+
+NFS_EXPORT = "/tmp/mx-nfs-export"
+NFS_SERVER = _NfsServer()
+atexit.register(NFS_SERVER.stop)
 
 
 # ------------------------------------------------------------ FIEMAP
@@ -448,9 +533,10 @@ def _ensure_debugfs():
             dmloop.run(["mount", "-t", "debugfs", "none", "/sys/kernel/debug"], check=False)
 
 
-def _sample_ranges(start, length):
+def _sample_ranges(start, length, lay=None):
     """Ranges of a big device compared instead of the whole: first and last
-    MiB, the MiB on each side of every 4 GiB line of the file, and four more."""
+    MiB, the MiB on each side of every 4 GiB line of the file, four more,
+    and (big) every range the recipe marked with the pattern."""
     picks = {0, max(0, length - MiB)}
     for k in range(1, 4):
         line = k * 4 * GiB - start
@@ -458,7 +544,13 @@ def _sample_ranges(start, length):
             picks |= {max(0, line - MiB), line}
     for i in range(1, 5):
         picks.add(length * i // 5 // MiB * MiB)
-    return sorted((p, min(MiB, length - p)) for p in picks if p < length)
+    out = [(p, min(MiB, length - p)) for p in picks if p < length]
+    if lay is not None and lay.name == "big":
+        for s, e in layouts.big_marks(lay.size):
+            lo, hi = max(s - start, 0), min(e - start, length)
+            if lo < hi:
+                out.append((lo, hi - lo))
+    return _merge(out)
 
 
 class FileState:
@@ -478,10 +570,14 @@ class FileState:
         return bytes(buf)
 
 
+FIO_IO_SIZE = 256 * KiB   # fio writes 64 random 4 KiB blocks per cell, over the whole device
+
+
 def fio_randwrite_verify(dev, size, seed, iolog):
-    """fio random 4 KiB writes over [0, size) of `dev`, then crc32c verify;
+    """fio random 4 KiB writes (FIO_IO_SIZE in all) over [0, size) of `dev`,
+    then crc32c verify;
     returns (ok, message, [(offset, length)] written)."""
-    io_size = min(size, MiB)
+    io_size = min(size, FIO_IO_SIZE)
     cmd = ["fio", "--name=matrix", "--filename=%s" % dev, "--rw=randwrite", "--bs=4k",
            "--direct=1", "--ioengine=libaio", "--iodepth=8", "--size=%d" % size,
            "--io_size=%d" % io_size, "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
@@ -570,7 +666,7 @@ def run_offset(spec, state, place_, offset_blocks, row, seed):
         if dev_len <= SMALL:
             ranges = [(0, dev_len)]
         else:
-            ranges = _sample_ranges(offset, dev_len)
+            ranges = _sample_ranges(offset, dev_len, lay)
         for s, n in ranges:
             _compare("read through the device", dmloop.read_bytes(dev, n, s, direct=True),
                      state.content(offset + s, n), offset + s)
@@ -596,7 +692,18 @@ def run_offset(spec, state, place_, offset_blocks, row, seed):
         row.splits = str(_status(DEV)["splits"])
 
         # What the device holds where it was written, before removal.
-        snap = [(s, dmloop.read_bytes(dev, n, s, direct=True)) for s, n in _merge(written)]
+        if dev_len <= SMALL:
+            # One read of the whole device, sliced: the written ranges to
+            # carry over, and everything else must still be what it was.
+            whole = dmloop.read_bytes(dev, dev_len, 0, direct=True)
+            snap = [(s, whole[s:s + n]) for s, n in _merge(written)]
+            want = bytearray(state.content(offset, dev_len))
+            for s, data in snap:
+                want[s:s + len(data)] = data
+            _compare("the device's unwritten ranges before removal", whole, bytes(want), offset)
+            del whole, want
+        else:
+            snap = [(s, dmloop.read_bytes(dev, n, s, direct=True)) for s, n in _merge(written)]
         dmloop.remove(DEV)
         removed = True
         t = row.phase("remove", t)
@@ -634,9 +741,56 @@ def run_offset(spec, state, place_, offset_blocks, row, seed):
             row.compare, (": " + compare_msg[0]) if compare_msg else ""))
 
 
+def _remove_files(lay, d):
+    for f in [lay.path] + list(lay.extra_files):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(Path(d) / Path(f).name)
+    os.sync()
+
+
+def _reuse_or_rebuild(fs, layout, pl, state, prev_mode, k, row, t):
+    """Before the next offset: the file the previous offset used, if FIEMAP
+    (or SEEK_HOLE) shows it still is what its recipe stated; else (file
+    mode wrote into its holes or unwritten or shared ranges: allowed) the
+    recipe again, under a new name, in the same filesystem.  A block-mode
+    device must have left the layout as it was: that is asserted, not
+    rebuilt around.  Returns (state, FIEMAP runs or None, note)."""
+    lay = state.lay
+    build_path = pl.build_dir / lay.path.name
+    why = None
+    if pl.layout_check == "none":
+        if set(lay.kinds()) != {layouts.DATA}:
+            why = "layout not visible here: built again"
+        else:
+            n, note = check_layout(lay, build_path, pl.layout_check)
+    else:
+        try:
+            n, note = check_layout(lay, build_path, pl.layout_check)
+        except AssertionError as e:
+            if prev_mode == "block":
+                raise AssertionError("the block-mode device changed the file's layout: %s" % e)
+            why = "built again (file-mode writes changed the layout: %s)" % (
+                str(e).split(":")[1].strip()[:60] if ":" in str(e) else e)
+    if why is None:
+        row.phase("recheck", t)
+        return state, n, note + ", reused from the previous offset"
+    _remove_files(lay, pl.build_dir)
+    t = row.phase("recheck", t)
+    lay = layouts.build(layout, pl.build_dir, name="img-%d" % k)
+    t = row.phase("recipe", t)
+    n, note = check_layout(lay, pl.build_dir / lay.path.name, pl.layout_check)
+    row.phase("layout", t)
+    return FileState(lay, pl.use_dir / lay.path.name), n, "%s; %s" % (note, why)
+
+
 def run_cell(fs, layout, offsets, disk):
     """Run (fs, layout) at `offsets` (blocks); returns the Rows (one per
-    offset, or one for a cell that cannot exist) and the failures."""
+    offset, or one for a cell that cannot exist) and the failures.
+
+    One filesystem and one file serve all the offsets: each later offset
+    first checks the file against its recipe's statement again
+    (_reuse_or_rebuild) and builds it again where file-mode writes changed
+    it; after a failure the next offset starts from a fresh filesystem."""
     spec = FILESYSTEMS[fs]
     kind = cell_kind(fs, layout)
     rows, failures = [], []
@@ -644,9 +798,9 @@ def run_cell(fs, layout, offsets, disk):
         r = Row(fs, layout, result="not run", note=NOT_RUN[(fs, layout)])
         RESULTS.append(r)
         return [r], failures
-    reuse = layout == "big"        # writing 4 GiB once per filesystem is enough
     stack = contextlib.ExitStack()
-    state = None
+    state = pl = None
+    prev_mode = None
     try:
         for k in offsets:
             row = Row(fs, layout, offset_blocks=str(k))
@@ -654,7 +808,14 @@ def run_cell(fs, layout, offsets, disk):
             rows.append(row)
             t0 = time.monotonic()
             try:
-                if state is None or not reuse:
+                if state is not None:
+                    try:
+                        state, n, note = _reuse_or_rebuild(fs, layout, pl, state, prev_mode, k,
+                                                           row, t0)
+                    except layouts.RecipeFailed:
+                        state = None    # no room to build it again (fillers): a fresh filesystem
+                        t0 = row.phase("rebuild-failed", t0)
+                if state is None:
                     stack.close()
                     stack = contextlib.ExitStack()
                     pl = stack.enter_context(place(fs, layout, disk))
@@ -679,12 +840,11 @@ def run_cell(fs, layout, offsets, disk):
                     state = FileState(lay, pl.use_dir / lay.path.name)
                     n, note = check_layout(lay, pl.build_dir / lay.path.name, pl.layout_check)
                     row.phase("layout", t)
-                    row.fiemap_runs = "-" if n is None else str(n)
-                    row.layout_check = note
-                else:
-                    row.fiemap_runs = rows[0].fiemap_runs
-                    row.layout_check = rows[0].layout_check
+                row.fiemap_runs = "-" if n is None else str(n)
+                row.layout_check = note
+                prev_mode = None
                 run_offset(spec, state, pl, k, row, seed=1000 + 10 * LAYOUTS.index(layout) + k)
+                prev_mode = row.mode
                 row.result = "pass"
             except NotAvailable as e:
                 row.result, row.note = "not available", str(e)

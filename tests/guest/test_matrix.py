@@ -5,8 +5,11 @@ promises, its extent table agrees with FIEMAP (`dmloop-inspect compare`),
 fio's crc32c verification passes through the device, and after removal the
 file holds exactly the verified data at the offset.
 
-Each cell builds its backing file with a recipe from fixtures/recipes/ on a
-fresh filesystem and checks the recipe's statement with FIEMAP first.
+Each (filesystem, layout) pair builds its backing file with a recipe from
+fixtures/recipes/ on a fresh filesystem and checks the recipe's statement
+with FIEMAP first; its later offsets reuse the filesystem, and the file
+where FIEMAP shows it still is what the recipe stated (else the recipe
+runs again).  The NFS server starts once per guest session.
 Cells that cannot exist (reflink on ext4...) are run too: the recipe must
 fail the way the matrix says.  Cells that are not run say why (skip).
 
@@ -48,17 +51,13 @@ FAST = [
 
 
 def _full():
-    """Every cell, offset by offset: every (filesystem, layout) at offset 0
-    first, so that a run cut short still covers the whole grid; cells that
-    are not run or cannot exist once; `big` (4 GiB written, reused for its
-    three offsets) last."""
-    cells = []
-    for i, k in enumerate(mu.OFFSETS):
-        for fs in mu.FS_NAMES:
-            for lay in mu.LAYOUTS:
-                if lay == "big" or (i and mu.cell_kind(fs, lay) != "run"):
-                    continue
-                cells.append((fs, lay, (k,)))
+    """Every (filesystem, layout) pair at all three offsets: one filesystem
+    and one file serve the three (matrix_util.run_cell checks the file
+    against its recipe before each reuse and builds it again where file
+    mode changed it); pairs that are not run or cannot exist once; `big`
+    (4 GiB written) last."""
+    cells = [(fs, lay, mu.OFFSETS) for fs in mu.FS_NAMES for lay in mu.LAYOUTS
+             if lay != "big"]
     big = [(fs, "big", mu.OFFSETS) for fs in mu.FS_NAMES]
     if os.environ.get("DMLOOP_MATRIX_ORDER") == "reverse":
         # A second guest works from the other end (debug/matrix merges).
@@ -123,7 +122,7 @@ def test_cell(fs, layout, offsets):
     removal; or, for a cell that cannot exist, the recipe fails as the
     matrix says."""
     claims = os.environ.get("DMLOOP_MATRIX_CLAIMS")
-    if claims and not _claim(claims, "%s_%s_%s" % (fs, layout, "-".join(map(str, offsets)))):
+    if claims and not _claim(claims, "%s_%s" % (fs, layout)):
         pytest.skip("run by the other guest (debug/matrix)")
     rows, failures = mu.run_cell(fs, layout, offsets, dmloop.scratch_disk(0))
     mu.write_report(mu.RESULTS, _report_base(), _title())
