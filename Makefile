@@ -213,9 +213,11 @@ stress: all
 	$(VM) $(VM_KERNEL) $(GUEST_DISKS) --timeout 5400 -- env DMLOOP_KO=$(abspath $(KO)) \
 		DMLOOP_STRESS=1 $(PYTEST) -q -rs -m stress $(STRESS_TESTS) $(T)
 
-# The whole filesystem x layout x offset matrix (debug/matrix, one VM with
-# an 8 GiB sparse disk; hours under TCG): the table in build/matrix/matrix.md
-# and .csv.  make check runs its fast subset (tests/guest/test_matrix.py).
+# The whole filesystem x layout x offset matrix (debug/matrix: two guests,
+# each with an 8 GiB sparse disk, sharing the cell list; under an hour under
+# TCG on 2 cores): the table in build/matrix/matrix.md and .csv.  T= passes
+# pytest arguments (T="-k nfs/" runs a piece; MATRIX_NAME= names its output).
+# make check runs its fast subset (tests/guest/test_matrix.py).
 .PHONY: matrix
 matrix: deps all
 	DMLOOP_KO=$(abspath $(KO)) debug/matrix $(VM_KERNEL) $(T)
