@@ -21,6 +21,7 @@ Example:
 """
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import mmap
@@ -506,3 +507,135 @@ def kmsg(text):
     """Write a line into the kernel log (handy to delimit test phases)."""
     with open("/dev/kmsg", "w") as f:
         f.write(text.rstrip("\n") + "\n")
+
+
+def info_dict(text):
+    """`key: value` lines (the target's `info` message and debugfs file) as
+    a dict, numbers as int."""
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        value = value.strip()
+        out[key.strip()] = int(value) if value.isdigit() else value
+    return out
+
+
+def target_info(name):
+    """The target's `info` message as a dict (numbers as int)."""
+    return info_dict(message(name, "info"))
+
+
+def write_probe(path):
+    """Rewrite one byte of the file with itself (a write that changes
+    nothing): None if the file takes it, else the errno (ETXTBSY: pinned
+    like an active swapfile)."""
+    try:
+        fd = os.open(str(path), os.O_RDWR)
+    except OSError as e:
+        return e.errno
+    try:
+        first = os.pread(fd, 1, 0)
+        os.pwrite(fd, first, 0)
+        return None
+    except OSError as e:
+        return e.errno
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- fragmented files
+
+_libc = ctypes.CDLL(None, use_errno=True)
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+
+
+def punch_hole(fd, offset, length):
+    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                       ctypes.c_long(offset), ctypes.c_long(length)):
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def _mount_source(mp):
+    with open("/proc/self/mounts") as f:
+        return [line.split()[0] for line in f if line.split()[1] == str(mp)][0]
+
+
+def _fill(mp, fillers, blk):
+    """One pass of filling free space with preallocated files, biggest first;
+    returns how many were added."""
+    added = 0
+    for chunk in (64 << 20, 1 << 20, blk):
+        while True:
+            path = Path(mp) / ("filler%d" % len(fillers))
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+            except OSError:         # XFS: no room left for a new inode chunk
+                break
+            try:
+                os.posix_fallocate(fd, 0, chunk)
+            except OSError:
+                os.close(fd)
+                os.unlink(path)
+                break
+            os.close(fd)
+            fillers.append((path, chunk))
+            added += 1
+    return added
+
+
+def fragment_free_space(mp, holes, blk):
+    """Fill the filesystem at `mp` with preallocated filler files, then punch
+    `holes` isolated one-block holes into the first: a file written next can
+    only be scattered over them.  Returns the filler paths."""
+    # ext4 keeps clusters back for metadata (reserved_clusters): free on disk,
+    # so a file written later could land there contiguously.  Keep only a few.
+    resv = "/sys/fs/ext4/%s/reserved_clusters" % os.path.basename(_mount_source(mp))
+    if os.path.exists(resv):
+        with open(resv, "w") as f:
+            f.write("8")
+    fillers = []
+    # Blocks freed by a failed fallocate are reusable only once the journal
+    # commits: sync and fill again until nothing more fits.
+    while _fill(mp, fillers, blk):
+        os.sync()
+    big = [p for p, c in fillers if c == 64 << 20]
+    assert big, "scratch filesystem too small to fragment"
+    fd = os.open(big[0], os.O_WRONLY)
+    try:
+        for i in range(holes):
+            punch_hole(fd, (2 * i + 1) * blk, blk)
+    finally:
+        os.close(fd)
+    # Freed blocks stay busy until the journal (log) commits: until then
+    # ext4 and XFS would only find the space they keep in reserve.
+    os.sync()
+    return [p for p, _ in fillers]
+
+
+def write_fragmented(mp, path, data, blk):
+    """Create `path` holding `data` (a whole number of blocks) scattered over
+    single free blocks: fragment the free space, write the file one block at
+    a time with O_DIRECT (so that each block is allocated on its own, next
+    to the last: delayed allocation would look for one run for all, and XFS
+    may find one in its per-AG reserve), fsync it, then delete the fillers
+    so the filesystem is usable again.  The file is created first: a full
+    XFS has no room for a new inode."""
+    os.close(os.open(str(path), os.O_CREAT | os.O_WRONLY, 0o644))
+    fillers = fragment_free_space(mp, 2 * len(data) // blk, blk)
+    buf = mmap.mmap(-1, blk)
+    try:
+        fd = os.open(str(path), os.O_WRONLY | os.O_DIRECT)
+        try:
+            for pos in range(0, len(data), blk):
+                buf[:] = data[pos:pos + blk]
+                if os.pwrite(fd, buf, pos) != blk:
+                    raise OSError("short write to %s at %d" % (path, pos))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        buf.close()
+        for p in fillers:
+            os.unlink(p)
+        os.sync()

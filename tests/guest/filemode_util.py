@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import dmloop
+from dmloop import target_info  # noqa: F401  (shared; the tests import it from here)
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -33,16 +34,6 @@ def status_fields(name):
     return {"mode": f[3], "extents": int(f[4]), "reads": int(f[5]),
             "writes": int(f[6]), "flushes": int(f[7]), "splits": int(f[8]),
             "reason": f[9]}
-
-
-def target_info(name):
-    """The target's `info` message as a dict (numbers as int)."""
-    out = {}
-    for line in dmloop.message(name, "info").splitlines():
-        key, _, value = line.partition(":")
-        value = value.strip()
-        out[key.strip()] = int(value) if value.isdigit() else value
-    return out
 
 
 def file_table(path, size, offset=0, opts=()):

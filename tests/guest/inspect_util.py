@@ -14,12 +14,12 @@ Used by tests/guest/test_inspect_guest.py and fixtures/capture-guest.py.
 Stdlib only: importing this on the host is harmless.
 """
 
-import ctypes
-import mmap
 import os
 import re
 import subprocess
 from pathlib import Path
+
+import dmloop
 
 REPO = Path(__file__).resolve().parents[2]
 # Another build of the tools (e.g. a deliberately broken one) to test.
@@ -80,89 +80,16 @@ def inspect(*args, expect=None, same_output=True, env=None):
 
 # ------------------------------------------------------------ layouts
 
-_libc = ctypes.CDLL(None, use_errno=True)
-FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
-
-
-def _punch_hole(fd, offset, length):
-    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                       ctypes.c_long(offset), ctypes.c_long(length)):
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
-
-def _mount_source(mp):
-    with open("/proc/self/mounts") as f:
-        return [line.split()[0] for line in f if line.split()[1] == str(mp)][0]
-
-
-def _fill(mp, fillers, blk):
-    """One pass of filling the free space with preallocated files, biggest
-    first; how many were added."""
-    added = 0
-    for chunk in (64 * MiB, MiB, blk):
-        while True:
-            path = Path(mp) / ("filler%d" % len(fillers))
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-            except OSError:         # XFS: no room for another inode chunk
-                break
-            try:
-                os.posix_fallocate(fd, 0, chunk)
-            except OSError:
-                os.close(fd)
-                os.unlink(path)
-                break
-            os.close(fd)
-            fillers.append((path, chunk))
-            added += 1
-    return added
-
-
 def make_fragmented(mp, path, nblocks, seed):
     """`path`: nblocks of random data, each block on its own between used
-    blocks.  The free space is filled with preallocated fillers, 2*nblocks
-    one-block holes are punched into the first, the file is written one
-    block at a time with O_DIRECT (so each block is allocated alone) and
-    fsync'ed, then the fillers are deleted.  Returns the data."""
+    blocks (dmloop.write_fragmented: the free space is filled, 2*nblocks
+    one-block holes are punched, the file is written one block at a time
+    with O_DIRECT and fsync'ed, then the fillers are deleted).  Returns the
+    data."""
     import random
     blk = os.statvfs(mp).f_bsize
     data = random.Random(seed).randbytes(nblocks * blk)
-    # ext4 keeps clusters back for metadata, free on disk: a file written
-    # later could land there in one run.  Keep only a few.
-    resv = "/sys/fs/ext4/%s/reserved_clusters" % os.path.basename(_mount_source(mp))
-    if os.path.exists(resv):
-        with open(resv, "w") as f:
-            f.write("8")
-    os.close(os.open(str(path), os.O_CREAT | os.O_WRONLY, 0o644))  # XFS: inode first
-    fillers = []
-    # Blocks a failed fallocate freed come back when the journal commits.
-    while _fill(mp, fillers, blk):
-        os.sync()
-    big = [p for p, c in fillers if c == 64 * MiB]
-    assert big, "scratch filesystem too small to fragment"
-    buf = mmap.mmap(-1, blk)
-    try:
-        fd = os.open(big[0], os.O_WRONLY)
-        try:
-            for i in range(2 * nblocks):
-                _punch_hole(fd, (2 * i + 1) * blk, blk)
-        finally:
-            os.close(fd)
-        os.sync()       # freed blocks are reusable once the journal commits
-        fd = os.open(str(path), os.O_WRONLY | os.O_DIRECT)
-        try:
-            for pos in range(0, len(data), blk):
-                buf[:] = data[pos:pos + blk]
-                assert os.pwrite(fd, buf, pos) == blk
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    finally:
-        buf.close()
-        for p, _ in fillers:
-            os.unlink(p)
-        os.sync()
+    dmloop.write_fragmented(mp, path, data, blk)
     return data
 
 

@@ -10,16 +10,13 @@
 - instances() lists the debugfs directories, optionally of one dm device.
 - fiemap() and expected_extents() turn the backing file's FIEMAP into the
   extent table dm-loop should show.
-- fragment_free_space() / write_fragmented() make a file scattered over
-  single-block free holes (ext4 and XFS).
+- Fragmented files: dmloop.fragment_free_space() / write_fragmented().
 
 Stdlib only: importing this on the host is harmless.
 """
 
 import collections
-import ctypes
 import fcntl
-import mmap
 import os
 import re
 import struct
@@ -260,101 +257,3 @@ def expected_extents(fm, offset, dev_sectors):
     if covered != end:
         raise ValueError("FIEMAP covers bytes up to %d of %d" % (covered, end))
     return out
-
-
-# ------------------------------------------------------------ fragmented files
-
-_libc = ctypes.CDLL(None, use_errno=True)
-FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
-
-
-def _punch_hole(fd, offset, length):
-    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                       ctypes.c_long(offset), ctypes.c_long(length)):
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
-
-def _mount_source(mp):
-    with open("/proc/self/mounts") as f:
-        return [line.split()[0] for line in f if line.split()[1] == str(mp)][0]
-
-
-def _fill(mp, fillers, blk):
-    """One pass of filling free space with preallocated files, biggest first;
-    returns how many were added."""
-    added = 0
-    for chunk in (64 * MiB, MiB, blk):
-        while True:
-            path = Path(mp) / ("filler%d" % len(fillers))
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-            except OSError:         # XFS: no room left for a new inode chunk
-                break
-            try:
-                os.posix_fallocate(fd, 0, chunk)
-            except OSError:
-                os.close(fd)
-                os.unlink(path)
-                break
-            os.close(fd)
-            fillers.append((path, chunk))
-            added += 1
-    return added
-
-
-def fragment_free_space(mp, holes, blk):
-    """Fill the filesystem at `mp` with preallocated filler files, then punch
-    `holes` isolated one-block holes into the first: a file written next can
-    only be scattered over them.  Returns the filler paths."""
-    # ext4 keeps clusters back for metadata (reserved_clusters): free on disk,
-    # so a file written later could land there contiguously.  Keep only a few.
-    resv = "/sys/fs/ext4/%s/reserved_clusters" % os.path.basename(_mount_source(mp))
-    if os.path.exists(resv):
-        with open(resv, "w") as f:
-            f.write("8")
-    fillers = []
-    # Blocks freed by a failed fallocate are reusable only once the journal
-    # commits: sync and fill again until nothing more fits.
-    while _fill(mp, fillers, blk):
-        os.sync()
-    big = [p for p, c in fillers if c == 64 * MiB]
-    assert big, "scratch filesystem too small to fragment"
-    fd = os.open(big[0], os.O_WRONLY)
-    try:
-        for i in range(holes):
-            _punch_hole(fd, (2 * i + 1) * blk, blk)
-    finally:
-        os.close(fd)
-    # Freed blocks stay busy until the journal (log) commits: until then
-    # ext4 and XFS would only find the space they keep in reserve.
-    os.sync()
-    return [p for p, _ in fillers]
-
-
-def write_fragmented(mp, path, data, blk):
-    """Create `path` holding `data` (a whole number of blocks) scattered over
-    single free blocks: fragment the free space, write the file one block at
-    a time with O_DIRECT (so that each block is allocated on its own, next
-    to the last: delayed allocation would look for one run for all, and XFS
-    may find one in its per-AG reserve), fsync it, then delete the fillers
-    so the filesystem is usable again.  The file is created first: a full
-    XFS has no room for a new inode."""
-    os.close(os.open(str(path), os.O_CREAT | os.O_WRONLY, 0o644))
-    fillers = fragment_free_space(mp, 2 * len(data) // blk, blk)
-    buf = mmap.mmap(-1, blk)
-    try:
-        fd = os.open(str(path), os.O_WRONLY | os.O_DIRECT)
-        try:
-            for pos in range(0, len(data), blk):
-                buf[:] = data[pos:pos + blk]
-                if os.pwrite(fd, buf, pos) != blk:
-                    raise OSError("short write to %s at %d" % (path, pos))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    finally:
-        buf.close()
-        for p in fillers:
-            os.unlink(p)
-        os.sync()

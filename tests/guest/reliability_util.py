@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from dmloop import write_probe  # noqa: F401  (shared; the tests import it from here)
+
 KiB = 1 << 10
 MiB = 1 << 20
 SECTOR = 512
@@ -403,23 +405,6 @@ def umount2(mountpoint, flags=0):
     if _libc.umount2(os.fsencode(str(mountpoint)), flags):
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e), str(mountpoint))
-
-
-def write_probe(path):
-    """None when one byte of the file can be rewritten in place, else the errno
-    (ETXTBSY: still pinned like a swapfile)."""
-    try:
-        fd = os.open(str(path), os.O_RDWR)
-    except OSError as e:
-        return e.errno
-    try:
-        first = os.pread(fd, 1, 0)
-        os.pwrite(fd, first, 0)
-        return None
-    except OSError as e:
-        return e.errno
-    finally:
-        os.close(fd)
 
 
 def fadvise_dontneed(path):

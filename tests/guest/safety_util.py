@@ -15,6 +15,7 @@ import struct
 from pathlib import Path
 
 import dmloop
+from dmloop import target_info, write_probe  # noqa: F401  (shared; the tests import it from here)
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -132,20 +133,6 @@ def write_file(path, size, seed):
     dmloop.write_random(path, size, seed=seed, fsync=True)
 
 
-def write_probe(path):
-    """Rewrite the file's first byte with itself (a write that changes
-    nothing): returns None if the file takes writes, else the errno."""
-    fd = os.open(str(path), os.O_RDWR)
-    try:
-        first = os.pread(fd, 1, 0)
-        os.pwrite(fd, first, 0)
-        return None
-    except OSError as e:
-        return e.errno
-    finally:
-        os.close(fd)
-
-
 def is_pinned(path):
     """True when writes to the file are refused as to an active swapfile."""
     e = write_probe(path)
@@ -194,22 +181,7 @@ def debugfs_info(name):
     minor = os.minor(os.stat("/dev/mapper/" + name).st_rdev)
     insts = sorted(DEBUGFS.glob("dm-%d-*" % minor), key=lambda p: int(p.name.split("-")[-1]))
     assert insts, "no debugfs instance of %s (dm-%d)" % (name, minor)
-    out = {}
-    for line in (insts[0] / "info").read_text().splitlines():
-        key, _, value = line.partition(":")
-        value = value.strip()
-        out[key.strip()] = int(value) if value.isdigit() else value
-    return out
-
-
-def target_info(name):
-    """The target's `info` message as a dict (numbers as int)."""
-    out = {}
-    for line in dmloop.message(name, "info").splitlines():
-        key, _, value = line.partition(":")
-        value = value.strip()
-        out[key.strip()] = int(value) if value.isdigit() else value
-    return out
+    return dmloop.info_dict((insts[0] / "info").read_text())
 
 
 # ------------------------------------------------------------ refused tables

@@ -6,7 +6,6 @@ through the device.  Both directions use O_DIRECT on the device, so the
 data really goes through the extent table and the host device.
 """
 
-import ctypes
 import os
 
 import pytest
@@ -77,52 +76,6 @@ def test_file_to_device(fstype, mkfs_args, size, offset_blocks):
             dmloop.remove("blk1")
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
-
-
-def punch_hole(fd, offset, length):
-    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                       ctypes.c_long(offset), ctypes.c_long(length)):
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
-
-def fragment_free_space(mp, holes, blk):
-    """Fill the filesystem with preallocated filler, then punch `holes`
-    isolated one-block holes into it: a file written next can only be
-    scattered over them."""
-    fillers = []
-    # ext4 keeps clusters back for metadata (reserved_clusters): free on disk,
-    # so a file written later could land there contiguously.  Keep only a few.
-    dev = [line.split()[0] for line in open("/proc/self/mounts")
-           if line.split()[1] == str(mp)][0]
-    resv = "/sys/fs/ext4/%s/reserved_clusters" % os.path.basename(dev)
-    if os.path.exists(resv):
-        with open(resv, "w") as f:
-            f.write("64")
-    for chunk in (64 * MiB, MiB, blk):
-        while True:
-            path = mp / ("filler%d" % len(fillers))
-            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-            try:
-                os.posix_fallocate(fd, 0, chunk)
-            except OSError:
-                os.close(fd)
-                os.unlink(path)
-                break
-            os.close(fd)
-            fillers.append((path, chunk))
-    big = [p for p, c in fillers if c == 64 * MiB]
-    assert big, "scratch filesystem too small to fragment"
-    fd = os.open(big[0], os.O_WRONLY)
-    try:
-        for i in range(holes):
-            punch_hole(fd, (2 * i + 1) * blk, blk)
-    finally:
-        os.close(fd)
-
-
 def test_fragmented_file_maps_every_extent():
     """A file scattered over single free blocks maps as that many extents;
     bios crossing extent ends are split and the data lands where it should."""
@@ -131,7 +84,7 @@ def test_fragmented_file_maps_every_extent():
                            mkfs_args=("-b", "4096", "-m", "0")) as mp:
         blk = 4096
         nblocks = 1024
-        fragment_free_space(mp, 2 * nblocks, blk)
+        dmloop.fragment_free_space(mp, 2 * nblocks, blk)
         img = mp / "img"
         size = nblocks * blk
         make_backing_file(img, size, seed=8)

@@ -65,7 +65,7 @@ def fragmented(ext4fs):
     """A 64-block file on ext4fs scattered over single free blocks."""
     blk = os.statvfs(ext4fs).f_bsize
     path = ext4fs / "fragmented"
-    iu.write_fragmented(ext4fs, path, dmloop.random_bytes(64 * blk, 7), blk)
+    dmloop.write_fragmented(ext4fs, path, dmloop.random_bytes(64 * blk, 7), blk)
     assert len(iu.fiemap(path)) > 16, "file should be scattered: %s" % iu.fiemap(path)
     return path
 
@@ -80,7 +80,7 @@ def layouts(request):
         blk = os.statvfs(mp).f_bsize
         files = {"contiguous": mp / "contiguous", "fragmented": mp / "fragmented"}
         write_file(files["contiguous"], 8 * MiB, 1)
-        iu.write_fragmented(mp, files["fragmented"], dmloop.random_bytes(128 * blk, 2), blk)
+        dmloop.write_fragmented(mp, files["fragmented"], dmloop.random_bytes(128 * blk, 2), blk)
         yield files, blk
 
 
