@@ -445,26 +445,6 @@ def test_removal_unpins_every_file(request, fstype):
 
 # ------------------------------------------------------------ online defrag
 
-def write_interleaved(img, spacer, nblocks, blk, seed):
-    """Allocate img one block at a time, each followed by a block of spacer,
-    then write img's data and delete spacer: img ends up in nblocks pieces
-    with free space next to each, which is what defragmenters work on."""
-    fi = os.open(img, os.O_RDWR | os.O_CREAT, 0o600)
-    fs = os.open(spacer, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        for i in range(nblocks):
-            fallocate(fi, 0, i * blk, blk)
-            os.fsync(fi)
-            fallocate(fs, 0, i * blk, blk)
-            os.fsync(fs)
-    finally:
-        os.close(fi)
-        os.close(fs)
-    write_file(img, nblocks * blk, seed)
-    os.unlink(spacer)
-    dmloop.sync()
-
-
 DEFRAG = {"ext4": ["e4defrag", "-v"], "xfs": ["xfs_fsr", "-v"]}
 
 
@@ -476,7 +456,11 @@ def test_online_defrag_cannot_move_pinned_blocks(fstype, request):
     blk = block_size(mp)
     nblocks = 32
     img, size = mp / "img-defrag", nblocks * blk
-    write_interleaved(img, mp / "spacer", nblocks, blk, seed=41)
+    # One block at a time over single free blocks, with free space left all
+    # around once the fillers go: what a defragmenter works on.  (Allocating
+    # img and a spacer file in turn is not enough: 6.12's XFS merged those
+    # into 4 extents.)
+    dmloop.write_fragmented(mp, img, dmloop.random_bytes(size, 41), blk)
     layout = fiemap(img)
     assert len(layout) > nblocks // 2, "img should be fragmented: %s" % (layout,)
 

@@ -110,16 +110,16 @@ def test_create_remove_cycles(fs, cycles):
     """`cycles` devices created, made live, read and removed one after
     another (block and file mode in turn): each reads the file's bytes, and
     afterwards the module's figures are zero, the file takes writes, and no
-    kmalloc cache grew by SLAB_TOLERANCE objects or more."""
+    kmalloc cache grew by SLAB_TOLERANCE objects or more.
+
+    A cache over the tolerance gets a second batch of cycles: a leak grows
+    it again by as much, while the one-off growth SLUB's bookkeeping shows
+    on 6.12 (kmalloc-96 +75 after 100 cycles, nothing with slub_debug's
+    exact counts, dm-linear alike) does not repeat."""
     img = fs / "img"
     want = dmloop.random_bytes(4096, 1)
-    with DmControl() as dm:
-        # Warm up dm core's own caches before the first count.
-        for i in range(4):
-            _up(dm, PREFIX, img, MiB, ("block", "file")[i % 2])
-            dm.remove_retry(PREFIX)
-        settle_slabs()
-        before = slab_active()
+
+    def batch(dm):
         t0 = time.monotonic()
         for i in range(cycles):
             mode = ("block", "file")[i % 2]
@@ -127,14 +127,27 @@ def test_create_remove_cycles(fs, cycles):
             assert dm.status(PREFIX)[0][3].split()[0] == mode
             assert read_direct(node, 0, 4096) == want
             dm.remove_retry(PREFIX)
-        took = time.monotonic() - t0
-    print("\n%d create/remove cycles in %.1f s" % (cycles, took))
-    assert_module_idle()
-    assert write_probe(img) is None
-    settle_slabs()
-    growth = slab_growth(before, slab_active())
-    assert all(v < SLAB_TOLERANCE for v in growth.values()), (
-        "kmalloc caches grew over %d cycles: %s" % (cycles, growth))
+        print("\n%d create/remove cycles in %.1f s" % (cycles, time.monotonic() - t0))
+        assert_module_idle()
+        assert write_probe(img) is None
+        settle_slabs()
+        return slab_active()
+
+    with DmControl() as dm:
+        # Warm up dm core's own caches before the first count.
+        for i in range(4):
+            _up(dm, PREFIX, img, MiB, ("block", "file")[i % 2])
+            dm.remove_retry(PREFIX)
+        settle_slabs()
+        before = slab_active()
+        after = batch(dm)
+        growth = slab_growth(before, after)
+        over = {k: v for k, v in growth.items() if v >= SLAB_TOLERANCE}
+        if over:
+            print("over the tolerance after one batch: %s; a second batch" % over)
+            again = slab_growth(after, batch(dm))
+            over = {k: again[k] for k in over if again.get(k, 0) >= SLAB_TOLERANCE}
+    assert not over, "kmalloc caches grew in two batches of %d cycles: %s" % (cycles, over)
 
 
 # ------------------------------------------------------------ remove while open
