@@ -53,13 +53,17 @@ SEQW1, SEQW32 = ("seqwrite-1M", "write", "1M", 1), ("seqwrite-1M", "write", "1M"
 RR1, RR32 = ("randread-4k", "randread", "4k", 1), ("randread-4k", "randread", "4k", 32)
 RW1, RW32 = ("randwrite-4k", "randwrite", "4k", 1), ("randwrite-4k", "randwrite", "4k", 32)
 
+# Quick mode (CI, `make check`): every stack and every target's figure, at
+# queue depth 32 only, 1 s per fio job, setup cost over one contiguous and
+# one fragmented file, scale at N=1000.  Full mode: everything the issue
+# lists.
 MODES = {
     "quick": {
-        "file_size": 64 * MiB, "reps": 3, "runtime": 2,
-        "workloads": [SEQR32, RR32, RW32],
-        "brd_runtime": 2,
+        "file_size": 64 * MiB, "reps": 3, "runtime": 1,
+        "workloads": [SEQR32, SEQW32, RR32, RW32],
+        "brd_runtime": 1,
         # (size, piece): contiguous, and a piece per extent
-        "setup": [(16 * MiB, None), (64 * MiB, None), (8 * MiB, 4 * KiB)],
+        "setup": [(64 * MiB, None), (4 * MiB, 4 * KiB)],
         "scale_n": 1000,
     },
     "full": {
@@ -71,9 +75,14 @@ MODES = {
         "scale_n": 20000,
     },
 }
+# Worker processes of tests/bench/scale: under TCG a create or remove waits
+# mostly for RCU grace periods, which more workers overlap (at N=500, 16
+# workers removed 25-40% faster than 4).
+SCALE_WORKERS = 16
 
 ERRORS = []
 PHASES = {}
+PROFILE = {}
 SAVE = []           # [function]: write raw.json so far (after every phase)
 T0 = time.monotonic()
 
@@ -116,6 +125,19 @@ def drop_caches():
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
+
+
+def drop_file_cache(path):
+    """Write back and drop one file's page cache: between two stacks only
+    the backing file's cache matters (the buffered stacks read and write
+    through it).  drop_caches would also drop the guest's root filesystem
+    (9p from the host), which every exec after it then reads back."""
+    os.sync()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def busy_jiffies(stat="/proc/stat"):
@@ -233,10 +255,12 @@ def losetup_detach(dev):
 
 
 class Stack:
-    """A device over the backing file: up() returns its path, down() undoes."""
+    """A device over the backing file: up() returns its path, down() undoes.
+    backing: the file whose page cache is dropped before up() (None when
+    the filesystem is not mounted while the stack is up)."""
 
-    def __init__(self, name, up, down):
-        self.name, self.up, self.down = name, up, down
+    def __init__(self, name, up, down, backing=None):
+        self.name, self.up, self.down, self.backing = name, up, down, backing
 
 
 def loop_stack(name, img, dio):
@@ -245,12 +269,12 @@ def loop_stack(name, img, dio):
     def up():
         dev["d"] = losetup(img, dio)
         return dev["d"]
-    return Stack(name, up, lambda: losetup_detach(dev["d"]))
+    return Stack(name, up, lambda: losetup_detach(dev["d"]), img)
 
 
 def dmloop_stack(name, img, size, opts):
     table = "0 %d loop %s 0%s" % (size // 512, img, opts)
-    return Stack(name, lambda: dm_create("b-" + name, table), lambda: dm_remove("b-" + name))
+    return Stack(name, lambda: dm_create("b-" + name, table), lambda: dm_remove("b-" + name), img)
 
 
 def file_stacks(disk, img, size):
@@ -283,7 +307,7 @@ def file_stacks(disk, img, size):
 
 
 def file_stack(img):
-    st = Stack("file", lambda: img, lambda: None)
+    st = Stack("file", lambda: img, lambda: None, img)
     st.img = img
     return st
 
@@ -291,12 +315,17 @@ def file_stack(img):
 # ------------------------------------------------------------ fio
 # fio takes five seconds or more to start under TCG (it links some sixty
 # libraries), so one fio process runs everything: every stack, repetition
-# and workload is a stonewalled job, in order.  Between two stacks a null
-# job's `exec_prerun` writes "switch JOB STACK" to a fifo and waits for this
-# process to take the last stack down and bring STACK up; the stack's jobs
-# open a symlink that the switch points at its device (fio only opens a
-# job's file when the job starts: create_serialize=0).  Each job's iops log
-# (epoch time stamps) gives its window on a /proc/stat sampler.
+# and workload is a stonewalled job, in order.  The first job of a stack
+# has an `exec_prerun` that writes "switch JOB STACK" to a fifo and waits
+# for this process to take the last stack down and bring STACK up; the
+# stack's jobs open a symlink that the switch points at its device.  fio
+# sizes a job's file (setup_files, create_serialize=0) before exec_prerun
+# but opens it for I/O after: until the switch the symlink points at a
+# placeholder block device at least as large as the jobs' size.  (A null
+# job per switch cost 0.3-0.8 s more each under TCG: fio's main loop polls
+# every 100 ms.)  A job of several clones (numjobs, the brd benchmark)
+# would switch once per clone: a null job before it switches instead.  Each job's iops log (epoch time stamps) gives its window
+# on a /proc/stat sampler.
 
 CTL = "/tmp/bench-ctl"
 
@@ -344,11 +373,13 @@ def job_end(job):
 
 
 class Controller(threading.Thread):
-    def __init__(self, stacks):
+    def __init__(self, stacks, placeholder):
         super().__init__(daemon=True)
+        self.placeholder = placeholder
         self.stacks = {st.key: st for st in stacks}
         self.failed = {}           # stack key -> error text
         self.t_switch = {}         # stack key -> [seconds to bring up]
+        self.switches = []         # (monotonic time of the request, seconds to answer)
         self.up = None
         for f in ("req", "ack"):
             os.mkfifo(os.path.join(CTL, f))
@@ -362,12 +393,14 @@ class Controller(threading.Thread):
             with open(os.path.join(CTL, "req")) as f:
                 reqs = [l.split() for l in f.read().splitlines() if l.strip()]
             for words in reqs:
+                t0 = time.monotonic()
                 try:
                     text = self.switch(words[2]) if words[0] == "switch" else "fail"
                 except Exception as e:            # never leave fio waiting
                     self.failed.setdefault(words[2], "switch: %s" % e)
                     text = "fail"
                 self.answer(text)
+                self.switches.append((t0, time.monotonic() - t0))
 
     def switch(self, to):
         if self.up is not None:
@@ -377,6 +410,10 @@ class Controller(threading.Thread):
             except Exception as e:
                 self.failed.setdefault(st.key, "down: %s" % e)
                 log("bench: %s down FAILED: %s" % (st.key, e))
+            link = os.path.join(CTL, st.key)
+            if os.path.islink(link):          # its next first job sizes this
+                os.unlink(link)
+                os.symlink(self.placeholder, link)
         if to == "-":
             return "ok"
         st = self.stacks[to]
@@ -387,7 +424,10 @@ class Controller(threading.Thread):
         try:
             for prep in getattr(st, "before", ()):
                 prep()
-            drop_caches()
+            if st.backing:
+                drop_file_cache(st.backing)
+            else:
+                os.sync()
             dev = st.up()
         except Exception as e:
             self.failed[st.key] = "up: %s" % e
@@ -413,7 +453,7 @@ def run_fio(groups, placeholder):
         f.write('#!/bin/sh\necho "$*" > %s/req\nread a < %s/ack\ntest "$a" = ok\n' % (CTL, CTL))
     os.chmod(os.path.join(CTL, "say"), 0o755)
     lines = ["[global]", "thread", "create_serialize=0", "stonewall", "group_reporting",
-             "randrepeat=0", "norandommap"]
+             "randrepeat=0", "norandommap", "zero_buffers"]
     stacks, order = [], []          # order: (job, group, stack key, workload or None)
     for g, (gstacks, workloads, reps, opts) in enumerate(groups):
         for st in gstacks:
@@ -424,23 +464,28 @@ def run_fio(groups, placeholder):
         for rep in range(reps):
             rot = gstacks[rep % len(gstacks):] + gstacks[:rep % len(gstacks)]
             for st in rot:
-                job = "sw-%d" % len(order)
-                lines += ["[%s]" % job, "ioengine=null", "size=4k", "rw=read", "filename=/dev/null",
-                          "exec_prerun=%s/say switch %s %s" % (CTL, job, st.key)]
-                order.append((job, g, st.key, None))
                 path = st.img if st.name == "file" else os.path.join(CTL, st.key)
-                for name, rw, bs, qd in workloads:
+                cloned = int(opts.get("numjobs", 1)) > 1
+                if cloned:          # every clone would run exec_prerun
+                    job = "sw-%d" % len(order)
+                    lines += ["[%s]" % job, "ioengine=null", "size=4k", "rw=read",
+                              "filename=/dev/null",
+                              "exec_prerun=%s/say switch %s %s" % (CTL, job, st.key)]
+                    order.append((job, g, st.key, None))
+                for i, (name, rw, bs, qd) in enumerate(workloads):
                     job = "j%d-%s-%s-qd%d" % (len(order), st.key, name, qd)
                     lines += ["[%s]" % job, "filename=%s" % path, "rw=%s" % rw, "bs=%s" % bs,
                               "iodepth=%d" % qd, "time_based", "log_unix_epoch=1",
                               "write_iops_log=%s/%s" % (CTL, job)]
+                    if i == 0 and not cloned:
+                        lines.append("exec_prerun=%s/say switch %s %s" % (CTL, job, st.key))
                     lines += ["%s=%s" % kv for kv in opts.items()]
                     order.append((job, g, st.key, (name, qd)))
     lines += ["[end]", "ioengine=null", "size=4k", "rw=read", "filename=/dev/null",
               "exec_prerun=%s/say switch end -" % CTL]
     with open(os.path.join(CTL, "jobs.fio"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    ctl = Controller(stacks)
+    ctl = Controller(stacks, placeholder)
     ctl.start()
     cpu = CpuSampler()
     cpu.start()
@@ -450,7 +495,8 @@ def run_fio(groups, placeholder):
     finally:
         cpu.done.set()
         cpu.join()
-    log("fio: %d jobs in %.1f s" % (len(order), time.monotonic() - t0))
+    wall = time.monotonic() - t0
+    log("fio: %d jobs in %.1f s" % (len(order), wall))
     if ctl.up is not None:
         ctl.switch("-")
     try:
@@ -486,6 +532,20 @@ def run_fio(groups, placeholder):
         ERRORS.append("fio exit %d: %s" % (p.returncode, p.stderr.strip()[-800:]))
     for key, ts in ctl.t_switch.items():
         log("bench: %s set up in %s s" % (key, " ".join("%.1f" % t for t in ts)))
+    # Where the fio phase's time went: fio's own start (to the first
+    # switch), the jobs' measured runtime, the stack switches (this
+    # process: previous stack down, cache dropped, next stack up), and the
+    # rest (fio's start and end of each job, the switch jobs, the shell
+    # that asks for a switch).
+    work = [len([1 for _, g2, _, wl in order if wl is not None and g2 == g]) * float(o["runtime"])
+            for g, o in enumerate(opts_of)]
+    prof = {"wall_s": wall, "jobs": len([1 for o in order if o[3] is not None]),
+            "switches": len(ctl.switches),
+            "start_s": ctl.switches[0][0] - t0 if ctl.switches else None,
+            "runtime_s": sum(work), "switch_s": sum(d for _, d in ctl.switches)}
+    prof["other_s"] = wall - (prof["start_s"] or 0) - prof["runtime_s"] - prof["switch_s"]
+    PROFILE["fio"] = {k: round(v, 1) if isinstance(v, float) else v for k, v in prof.items()}
+    log("bench: fio profile %s" % PROFILE["fio"])
     return res
 
 
@@ -500,8 +560,9 @@ def write_fragmented(path, size, piece):
     ext4's per-inode preallocation off (mb_stream_req), O_DIRECT writes of
     the file alternate with 4 KiB writes of a filler file, so the blocks
     the allocator hands out alternate too."""
+    st_dev = os.stat(os.path.dirname(path)).st_dev
     knob = "/sys/fs/ext4/%s/mb_stream_req" % os.path.basename(os.path.realpath(
-        sh(["findmnt", "-n", "-o", "SOURCE", "--target", os.path.dirname(path)]).stdout.strip()))
+        "/sys/dev/block/%d:%d" % (os.major(st_dev), os.minor(st_dev))))
     old = open(knob).read().strip()
     buf = mmap.mmap(-1, piece)
     buf.write(b"\xa5" * piece)
@@ -524,8 +585,14 @@ def write_fragmented(path, size, piece):
             f.write(old + "\n")
 
 
-def dm_info(name):
-    out = sh(["dmsetup", "message", name, "0", "info"]).stdout
+def dm_info(name, dev):
+    """The target's info (debugfs; `dmsetup message` when debugfs is not
+    there: an exec that costs seconds under TCG after drop_caches)."""
+    paths = glob.glob("/sys/kernel/debug/dm-loop/dm-%d-0-*/info" % int(dev.rsplit("-", 1)[1]))
+    if len(paths) == 1:
+        out = open(paths[0]).read()
+    else:
+        out = sh(["dmsetup", "message", name, "0", "info"]).stdout
     return dict(l.split(": ", 1) for l in out.splitlines() if ": " in l)
 
 
@@ -543,9 +610,9 @@ def setup_cost(sizes):
         t_write = time.monotonic() - t0
         drop_caches()
         t0 = time.monotonic()
-        dm_create("b-setup", "0 %d loop %s 0 1 require_block" % (size // 512, img))
+        dev = dm_create("b-setup", "0 %d loop %s 0 1 require_block" % (size // 512, img))
         t_dm = time.monotonic() - t0
-        info = dm_info("b-setup")
+        info = dm_info("b-setup", dev)
         t0 = time.monotonic()
         dm_remove("b-setup")
         t_rm = time.monotonic() - t0
@@ -599,7 +666,7 @@ def brd_cleanup():
     sh("rmmod brd", check=False)
 
 
-def scale(exe, n, disk2, workers=4):
+def scale(exe, n, disk2, workers=SCALE_WORKERS):
     """N devices of each kind from one program (tests/bench/scale)."""
     rows = []
     d = "/mnt/scale"
@@ -654,10 +721,17 @@ def main():
     out = {"kernel": os.uname().release, "mode": mode, "quick": a.quick, "reps": m["reps"],
            "runtime_s": m["runtime"], "brd_runtime_s": m["brd_runtime"], "file_size": size,
            "cpus": os.cpu_count(), "mem_kb": int(open("/proc/meminfo").readline().split()[1]),
-           "fio": [], "brd": [], "setup": [], "scale": [], "complete": False}
+           "fio": [], "brd": [], "setup": [], "scale": [], "complete": False,
+           # what the run set out to measure, so that the report can tell
+           # a missing row from one never planned
+           "plan": {"workloads": ["%s qd%d" % (w[0], w[3]) for w in m["workloads"]]
+                    if "fio" in only else [],
+                    "brd": "brd" in only, "setup": len(m["setup"]) if "setup" in only else 0,
+                    "scale_n": m["scale_n"] if "scale" in only else 0}}
 
     def save():
         out["phases_s"] = PHASES
+        out["profile"] = PROFILE
         out["guest_total_s"] = round(time.monotonic() - t_start, 1)
         out["errors"] = ERRORS
         with open(os.path.join(a.out, "raw.json.tmp"), "w") as f:
@@ -667,11 +741,18 @@ def main():
 
     os.makedirs(MNT, exist_ok=True)
     groups = []
-    with phase("prepare"):
+    img = os.path.join(MNT, "img")
+    with phase("disk"):
         sh(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", disk])
         sh(["mount", disk, MNT])
         log("bench: %.0f s: %s ready" % (time.monotonic() - T0, disk))
-        img = os.path.join(MNT, "img")
+    # Setup cost first: it drops every cache (a cold bmap walk), which
+    # would also drop fio's sixty libraries read over 9p.
+    if "setup" in only:
+        with phase("setup"):
+            out["setup"] = setup_cost(m["setup"])
+    with phase("prepare"):
+        warm = subprocess.Popen(["fio", "--version"], stdout=subprocess.DEVNULL)
         if "fio" in only:
             write_file(img, size)
             log("bench: %.0f s: %s written" % (time.monotonic() - T0, img))
@@ -682,9 +763,7 @@ def main():
             groups.append((brd_prepare(), [("randrw-4k", "randrw", "4k", 1)], m["reps"],
                            {"ioengine": "psync", "direct": 1, "numjobs": 16, "rwmixread": 50,
                             "runtime": m["brd_runtime"], "size": 512 * MiB}))
-    if "setup" in only:
-        with phase("setup"):
-            out["setup"] = setup_cost(m["setup"])
+        warm.wait()
     if groups:
         with phase("fio"):
             res = run_fio(groups, disk2)

@@ -3,17 +3,32 @@
 bench.md, bench.csv, bench-setup.csv, bench-scale.csv and bench-*.png
 beside it, and print the Markdown.
 
-    report.py DIR
+    report.py [--junit FILE [--vm-exit N]] DIR
 
 Figures are medians of the repetitions, with min and max.  A ratio is the
 median over repetitions of the ratio measured within one repetition (the two
 stacks ran minutes apart at most, in the same boot), with its range.
-A stack that failed is listed as FAILED, never as a zero row."""
+A stack that failed is listed as FAILED, never as a zero row.
+
+--junit FILE also writes a JUnit report for `make check` (debug/summary):
+one case per stack of each fio group, per setup and scale phase, and one
+for the VM run (--vm-exit: debug/vm's exit status, 90 a kernel fault, 91 a
+timeout).  A case fails only when the benchmark broke (an error, a missing
+row or repetition); the targets' verdicts are in its output, never a
+failure: under TCG a ratio's noise is larger than the targets' margins."""
+import argparse
 import csv
 import json
 import os
 import statistics
 import sys
+import xml.etree.ElementTree as ET
+
+FS_STACKS = ["linear", "dmloop-block", "dmloop-dio", "dmloop-buf", "loop-buf", "loop-dio", "file"]
+BRD_STACKS = ["dmloop-block", "dmloop-dio", "loop-buf", "loop-dio", "file"]
+SCALE_KINDS = ["linear", "loop", "losetup"]
+VM_EXITS = {90: "kernel fault in the guest log", 91: "guest timed out",
+            92: "guest failed to boot or died"}
 
 KEYS = ("mib_s", "iops", "cpu_us_per_io")
 
@@ -42,8 +57,7 @@ def fmt_range(r):
 def fio_rows(entries, refs):
     """One row per (workload, qd, stack) with ratios to each ref stack."""
     by = {(e["stack"], e["workload"], e["qd"]): e["runs"] for e in entries}
-    order = {s: i for i, s in enumerate(["linear", "dmloop-block", "dmloop-dio", "dmloop-buf",
-                                         "loop-buf", "loop-dio", "file"])}
+    order = {s: i for i, s in enumerate(FS_STACKS)}
     rows = []
     for (stack, wl, qd), runs in sorted(by.items(), key=lambda kv: (
             kv[0][1], kv[0][2], order.get(kv[0][0], 99), kv[0][0])):
@@ -128,14 +142,14 @@ def targets(raw, fs, brd):
                         d_avail, d_slab, sc["loop"]["count"])))
     ext = [s for s in raw.get("setup", []) if s["extents"] > 1]
     if ext:
-        worst = max(ext, key=lambda s: s["bytes_per_extent"])
+        worst = max(ext, key=lambda s: (s["bytes_per_extent"], s["extents"]))
         out.append(("extent table <= 24 B per extent", verdict(worst["bytes_per_extent"] <= 24),
                     "%.1f B per extent (%d extents, %d bytes)" % (
                         worst["bytes_per_extent"], worst["extents"], worst["table_bytes"])))
     return out
 
 
-def report(out):
+def report(out, plot=True):
     raw = json.load(open(os.path.join(out, "raw.json")))
     refs = ("linear", "loop-buf", "loop-dio")
     rows, fs = fio_rows(raw.get("fio", []), refs)
@@ -173,6 +187,12 @@ def report(out):
     if raw.get("phases_s"):
         text += "\nTime in the guest: %s s (%s).\n" % (
             raw.get("guest_total_s"), ", ".join("%s %s s" % kv for kv in raw["phases_s"].items()))
+    fp = raw.get("profile", {}).get("fio")
+    if fp:
+        text += ("fio phase: %s s = fio start %s s + %d jobs' runtime %s s + %d stack switches "
+                 "%s s + per-job start/stop and switch jobs %s s.\n" % (
+                     fp["wall_s"], fp["start_s"], fp["jobs"], fp["runtime_s"], fp["switches"],
+                     fp["switch_s"], fp["other_s"]))
 
     with open(os.path.join(out, "bench.md"), "w") as f:
         f.write(text)
@@ -192,8 +212,112 @@ def report(out):
             w.writeheader()
             w.writerows(data)
     print(text)
-    plots(out, raw, rows, brd_rows)
+    if plot:
+        plots(out, raw, rows, brd_rows)
     return 1 if raw.get("errors") or not raw.get("complete", True) else 0
+
+
+def junit_cases(raw, vm_exit):
+    """[(name, failure text or None, output)]: what make check counts."""
+    cases = []
+    if vm_exit:
+        cases.append(("vm", "debug/vm exit %d: %s" % (vm_exit, VM_EXITS.get(vm_exit, "the "
+                      "benchmark failed in the guest")), ""))
+    else:
+        cases.append(("vm", None, ""))
+    if raw is None:
+        cases.append(("results", "no raw.json: the benchmark produced no results", ""))
+        return cases
+    errors = raw.get("errors", [])
+    plan = raw.get("plan") or {   # a raw.json from before "plan": what it holds
+        "workloads": sorted({"%s qd%d" % (e["workload"], e["qd"]) for e in raw.get("fio", [])}),
+        "brd": bool(raw.get("brd")), "setup": len(raw.get("setup", [])),
+        "scale_n": 1000 if raw.get("mode") == "quick" else 20000}
+    reps = raw.get("reps", 0)
+    used = set()
+
+    def errs(*prefixes):
+        e = [x for x in errors if x.startswith(prefixes)]
+        used.update(e)
+        return "; ".join(e)
+
+    def group(tag, gi, stacks, entries, wanted):
+        by = {}
+        for e in entries:
+            by.setdefault(e["stack"], {})["%s qd%d" % (e["workload"], e["qd"])] = e["runs"]
+        for st in stacks:
+            err = errs("g%d-%s:" % (gi, st))
+            have = by.get(st, {})
+            miss = [w for w in wanted if w not in have]
+            short = ["%s (%d of %d)" % (w, len(have[w]), reps) for w in wanted
+                     if w in have and len(have[w]) < reps]
+            zero = [w for w in wanted if w in have and not all(r["mib_s"] > 0 for r in have[w])]
+            why = "; ".join(x for x in (err, miss and "no rows for " + ", ".join(miss),
+                                        short and "missing repetitions: " + ", ".join(short),
+                                        zero and "zero throughput: " + ", ".join(zero)) if x)
+            cases.append(("%s[%s]" % (tag, st), why or None, ""))
+
+    if plan.get("workloads"):
+        group("fio", 0, FS_STACKS, raw.get("fio", []), plan["workloads"])
+    if plan.get("brd"):
+        group("brd", 1 if plan.get("workloads") else 0, BRD_STACKS, raw.get("brd", []),
+              ["randrw-4k qd1"])
+    if plan.get("setup"):
+        n = len(raw.get("setup", []))
+        err = errs("setup")
+        cases.append(("setup", "; ".join(x for x in (err, n < plan["setup"] and "%d of %d rows"
+                                                     % (n, plan["setup"])) if x) or None, ""))
+    if plan.get("scale_n"):
+        have = {s["kind"]: s for s in raw.get("scale", [])}
+        for kind in SCALE_KINDS:
+            err = errs("scale %s" % kind)
+            why = err or ("no row" if kind not in have else
+                          "count %d, not %d" % (have[kind]["count"], plan["scale_n"])
+                          if have[kind]["count"] != plan["scale_n"] else "")
+            cases.append(("scale[%s]" % kind, why or None, ""))
+    rest = [e for e in errors if e not in used]
+    cases.append(("run complete", "; ".join(
+        ([] if raw.get("complete") else ["incomplete run (phases done: %s)" % ", ".join(
+            raw.get("phases_s", {}))]) + rest) or None, ""))
+    return cases
+
+
+def write_junit(path, cases, output=""):
+    suite = ET.Element("testsuite", name="bench-quick", tests=str(len(cases)),
+                       failures=str(sum(1 for c in cases if c[1])), errors="0", skipped="0")
+    for name, fail, _ in cases:
+        tc = ET.SubElement(suite, "testcase", classname="bench", name=name)
+        if fail:
+            ET.SubElement(tc, "failure", message=fail).text = fail
+    ET.SubElement(suite, "system-out").text = output
+    ET.ElementTree(suite).write(path, encoding="unicode", xml_declaration=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out", nargs="?", default="build/bench")
+    ap.add_argument("--junit", help="also write a JUnit report here")
+    ap.add_argument("--vm-exit", type=int, default=0, help="debug/vm's exit status")
+    ap.add_argument("--no-plots", action="store_true", help="no PNG (tests)")
+    a = ap.parse_args()
+    raw = None
+    if os.path.exists(os.path.join(a.out, "raw.json")):
+        rc = report(a.out, plot=not a.no_plots)
+        raw = json.load(open(os.path.join(a.out, "raw.json")))
+    else:
+        print("bench: no results (%s missing)" % os.path.join(a.out, "raw.json"))
+        rc = 1
+    if a.junit:
+        cases = junit_cases(raw, a.vm_exit)
+        md = os.path.join(a.out, "bench.md")
+        write_junit(a.junit, cases, open(md).read() if raw is not None and os.path.exists(md)
+                    else "")
+        failed = [c for c in cases if c[1]]
+        print("bench: %d of %d cases passed%s" % (len(cases) - len(failed), len(cases), "".join(
+            "\nbench: FAILED %s: %s" % (c[0], c[1]) for c in failed)))
+        if failed:
+            rc = 1
+    return rc
 
 
 def plots(out, raw, rows, brd_rows):
@@ -221,4 +345,4 @@ def plots(out, raw, rows, brd_rows):
 
 
 if __name__ == "__main__":
-    sys.exit(report(sys.argv[1] if len(sys.argv) > 1 else "build/bench"))
+    sys.exit(main())

@@ -166,3 +166,106 @@ def test_bench_fails_a_stack_that_errors(tmp_path, monkeypatch):
     for runs in res.values():
         assert len(runs) == 3
         assert all(r["mib_s"] > 0 and r["iops"] > 0 and r["cpu_us_per_io"] >= 0 for r in runs)
+
+
+def junit(tmp_path, raw, vm_exit=0):
+    """report.py --junit over raw (None: no raw.json); (exit, {case: failure or None})."""
+    import xml.etree.ElementTree as ET
+    if raw is not None:
+        (tmp_path / "raw.json").write_text(json.dumps(raw))
+    xml = tmp_path / "bench.xml"
+    p = subprocess.run(["/usr/bin/python3", str(REPORT), "--no-plots", "--junit", str(xml),
+                        "--vm-exit", str(vm_exit), str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    root = ET.parse(xml).getroot()
+    cases = {}
+    for tc in root.iter("testcase"):
+        f = tc.find("failure")
+        cases[tc.get("name")] = None if f is None else f.get("message")
+    assert int(root.get("tests")) == len(cases)
+    assert int(root.get("failures")) == sum(1 for v in cases.values() if v)
+    return p.returncode, cases
+
+
+def test_junit_passes_a_complete_run(tmp_path, raw):
+    rc, cases = junit(tmp_path, raw)
+    assert rc == 0, cases
+    assert not [c for c, f in cases.items() if f]
+    for st in FS_STACKS:
+        assert "fio[%s]" % st in cases
+    for st in BRD_STACKS:
+        assert "brd[%s]" % st in cases
+    for kind in ("linear", "loop", "losetup"):
+        assert "scale[%s]" % kind in cases
+    assert {"vm", "setup", "run complete"} <= set(cases)
+
+
+def test_junit_ignores_a_noisy_ratio(tmp_path, raw):
+    """make check must not fail because a ratio missed its target."""
+    raw = json.loads(json.dumps(raw))
+    for e in raw["fio"] + raw["brd"]:
+        if e["stack"] in ("dmloop-block", "dmloop-dio"):
+            for r in e["runs"]:
+                r["mib_s"] /= 100.0
+    rc, cases = junit(tmp_path, raw)
+    assert rc == 0 and not [c for c, f in cases.items() if f]
+    assert "NOT met" in (tmp_path / "bench.md").read_text()
+
+
+def test_junit_fails_a_broken_stack(tmp_path, raw):
+    raw = json.loads(json.dumps(raw))
+    raw["fio"] = [e for e in raw["fio"] if e["stack"] != "dmloop-dio"]
+    raw["errors"] = ["g0-dmloop-dio: up: [Errno 22] Invalid argument"]
+    rc, cases = junit(tmp_path, raw)
+    assert rc == 1
+    assert "Invalid argument" in cases["fio[dmloop-dio]"]
+    assert [c for c, f in cases.items() if f] == ["fio[dmloop-dio]"]
+
+
+def test_junit_fails_a_missing_repetition_or_scale_row(tmp_path, raw):
+    raw = json.loads(json.dumps(raw))
+    raw["fio"][0]["runs"] = raw["fio"][0]["runs"][:1]
+    raw["scale"] = [s for s in raw["scale"] if s["kind"] != "losetup"]
+    rc, cases = junit(tmp_path, raw)
+    assert rc == 1
+    assert "missing repetitions" in cases["fio[%s]" % raw["fio"][0]["stack"]]
+    assert cases["scale[losetup]"] == "no row"
+
+
+def test_junit_without_results_or_with_a_kernel_fault(tmp_path, raw):
+    (tmp_path / "none").mkdir()
+    rc, cases = junit(tmp_path / "none", None, vm_exit=91)
+    assert rc == 1 and "timed out" in cases["vm"] and "no raw.json" in cases["results"]
+    rc, cases = junit(tmp_path, raw, vm_exit=90)
+    assert rc == 1 and "kernel fault" in cases["vm"]
+    assert [c for c, f in cases.items() if f] == ["vm"]
+
+
+@pytest.mark.skipif(not shutil.which("fio"), reason="fio is not installed")
+def test_bench_switches_once_per_stack_and_repetition(tmp_path, monkeypatch):
+    """Each stack comes up once per repetition, also for a job of several
+    clones (numjobs: the brd benchmark), whose clones would each run an
+    exec_prerun."""
+    sys.path.insert(0, str(REPO / "tests" / "bench"))
+    import bench
+    monkeypatch.setattr(bench, "CTL", str(tmp_path / "ctl"))
+    monkeypatch.setattr(bench, "ERRORS", [])
+    ups = []
+    for name in ("a", "b"):
+        (tmp_path / name).write_bytes(b"\0" * (1 << 20))
+
+    def stack(name):
+        def up():
+            ups.append(name)
+            return str(tmp_path / name)
+        return bench.Stack(name, up, lambda: None, str(tmp_path / name))
+    wl = [("randread-4k", "randread", "4k", 1), ("randwrite-4k", "randwrite", "4k", 1)]
+    res = bench.run_fio([([stack("a"), stack("b")], wl, 2,
+                          {"ioengine": "psync", "direct": 0, "runtime": 1, "size": 1 << 20}),
+                         ([stack("a"), stack("b")], wl[:1], 2,
+                          {"ioengine": "psync", "direct": 0, "runtime": 1, "size": 1 << 20,
+                           "numjobs": 2})],
+                        str(tmp_path / "b"))
+    assert not bench.ERRORS
+    assert sorted(ups) == ["a"] * 4 + ["b"] * 4
+    assert len(res) == 6 and all(len(runs) == 2 for runs in res.values())
