@@ -236,7 +236,7 @@ stress: all
 # The whole filesystem x layout x offset matrix (debug/matrix: two guests,
 # each with an 8 GiB sparse disk, sharing the cell list; under an hour under
 # TCG on 2 cores): the table in build/matrix/matrix.md and .csv.  T= passes
-# pytest arguments (T="-k nfs/" runs a piece; MATRIX_NAME= names its output).
+# pytest arguments (MATRIX_NAME=nfs make matrix T="-k nfs/" runs a piece).
 # make check runs its fast subset (tests/guest/test_matrix.py).
 .PHONY: matrix
 matrix: deps all
