@@ -289,12 +289,12 @@ def tmpfs_mount(size="512m"):
 @contextlib.contextmanager
 def ninep_dir():
     """A fresh directory on the repository's 9p share (the host's build/)."""
-    d = REPO / "build" / ("filemode-9p.%d" % os.getpid())
     if fs_type(REPO / "build") != "9p":
         import pytest
         pytest.skip("the repository is not a 9p mount in this guest (debug/vm shares it so)")
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
+    # Unique across guests: make check runs two at once, and a guest's pids
+    # repeat from boot to boot.
+    d = Path(tempfile.mkdtemp(prefix="filemode-9p.", dir=REPO / "build"))
     try:
         yield d
     finally:
