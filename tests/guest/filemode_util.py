@@ -225,11 +225,10 @@ def _pids_of(exe):
     return pids
 
 
-@contextlib.contextmanager
-def nfs_export(export_dir):
-    """Serve `export_dir` with the guest's kernel nfsd (v4 only, loopback) and
-    mount it with the NFS v4 client (the highest minor version both
-    kernels have: 7.2 and 6.12 here are built without v4.2 or v4.1); yields the client's mount point."""
+def nfsd_start(export_dir, mountd):
+    """Start the guest's kernel nfsd serving `export_dir` (fsid=0, loopback,
+    v4 only); the rpc.mountd pids it starts are added to `mountd` as they
+    come, so that nfsd_stop() can clean up after a failed start too."""
     dmloop.run(["ip", "link", "set", "lo", "up"])
     for m in ("nfsd", "nfsv4"):
         dmloop.modprobe(m, check=True)
@@ -240,35 +239,53 @@ def nfs_export(export_dir):
     with open("/etc/exports", "w") as f:
         f.write("")
     before = set(_pids_of("rpc.mountd"))
-    mnt = Path(tempfile.mkdtemp(prefix="dmloop-nfs-", dir="/tmp"))
-    started = False
-    try:
-        dmloop.run(["exportfs", "-o", "rw,sync,no_root_squash,insecure,fsid=0,no_subtree_check",
-                    "127.0.0.1:%s" % export_dir])
-        dmloop.run(["rpc.mountd", "-N", "3"])
-        with open("/proc/fs/nfsd/nfsv4leasetime", "w") as f:
+    dmloop.run(["exportfs", "-o", "rw,sync,no_root_squash,insecure,fsid=0,no_subtree_check",
+                "127.0.0.1:%s" % export_dir])
+    dmloop.run(["rpc.mountd", "-N", "3"])
+    mountd |= set(_pids_of("rpc.mountd")) - before
+    for name in ("nfsv4leasetime", "nfsv4gracetime"):
+        with open("/proc/fs/nfsd/" + name, "w") as f:
             f.write("10\n")
-        with open("/proc/fs/nfsd/nfsv4gracetime", "w") as f:
-            f.write("10\n")
-        dmloop.run(["rpc.nfsd", "-N", "3", "--no-udp", "-H", "127.0.0.1", "2"])
-        started = True
-        # No client to reclaim state: leave the grace period now.
+    dmloop.run(["rpc.nfsd", "-N", "3", "--no-udp", "-H", "127.0.0.1", "2"])
+    # No client to reclaim state: leave the grace period now.
+    with contextlib.suppress(OSError):
+        with open("/proc/fs/nfsd/v4_end_grace", "w") as f:
+            f.write("Y\n")
+
+
+def nfsd_stop(mountd):
+    """Stop nfsd, drop the exports, end the rpc.mountd pids nfsd_start added."""
+    dmloop.run(["rpc.nfsd", "0"], check=False)
+    dmloop.run(["exportfs", "-ua"], check=False)
+    for pid in mountd:
         with contextlib.suppress(OSError):
-            with open("/proc/fs/nfsd/v4_end_grace", "w") as f:
-                f.write("Y\n")
-        dmloop.run(["mount", "-t", "nfs4", "-o", "vers=4,proto=tcp,addr=127.0.0.1",
-                    "127.0.0.1:/", str(mnt)], timeout=120)
+            os.kill(pid, 15)
+    mountd.clear()
+
+
+def nfs_client_mount(mnt):
+    """Mount the loopback server's root with the NFS v4 client (the highest
+    minor version both kernels have: 7.2 and 6.12 here are built without
+    v4.2 or v4.1)."""
+    dmloop.run(["mount", "-t", "nfs4", "-o", "vers=4,proto=tcp,addr=127.0.0.1",
+                "127.0.0.1:/", str(mnt)], timeout=120)
+
+
+@contextlib.contextmanager
+def nfs_export(export_dir):
+    """Serve `export_dir` with the guest's kernel nfsd and mount it with the
+    NFS client; yields the client's mount point."""
+    mountd = set()
+    mnt = Path(tempfile.mkdtemp(prefix="dmloop-nfs-", dir="/tmp"))
+    try:
+        nfsd_start(export_dir, mountd)
+        nfs_client_mount(mnt)
         try:
             yield mnt
         finally:
             dmloop.umount(mnt)
     finally:
-        if started:
-            dmloop.run(["rpc.nfsd", "0"], check=False)
-        dmloop.run(["exportfs", "-ua"], check=False)
-        for pid in set(_pids_of("rpc.mountd")) - before:
-            with contextlib.suppress(OSError):
-                os.kill(pid, 15)
+        nfsd_stop(mountd)
         with contextlib.suppress(OSError):
             os.rmdir(mnt)
 

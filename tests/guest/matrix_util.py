@@ -171,9 +171,8 @@ class NotAvailable(Exception):
 
 class _NfsServer:
     """The guest's kernel nfsd, started once per guest session (atexit stops
-    it): it serves NFS_EXPORT (fsid=0, loopback, v4 only; the options of
-    filemode_util.nfs_export).  Each NFS cell mounts its fresh filesystem
-    on NFS_EXPORT, flushes nfsd's export cache so that the export resolves
+    it; filemode_util.nfsd_start/nfsd_stop): it serves NFS_EXPORT.  Each
+    NFS cell mounts its fresh filesystem on NFS_EXPORT, flushes nfsd's export cache so that the export resolves
     to it, and mounts the client; after the cell, the reverse.  Starting
     nfsd per cell cost 15-30 s under TCG."""
 
@@ -184,39 +183,15 @@ class _NfsServer:
     def start(self):
         if self.up:
             return
-        dmloop.run(["ip", "link", "set", "lo", "up"])
-        for m in ("nfsd", "nfsv4"):
-            dmloop.modprobe(m, check=True)
-        if not dmloop.is_mounted("/proc/fs/nfsd"):
-            dmloop.run(["mount", "-t", "nfsd", "nfsd", "/proc/fs/nfsd"])
-        for d in ("/var/lib/nfs", "/var/lib/nfs/v4recovery", "/run/rpc_pipefs", NFS_EXPORT):
-            os.makedirs(d, exist_ok=True)
-        with open("/etc/exports", "w") as f:
-            f.write("")
-        before = set(fm._pids_of("rpc.mountd"))
-        dmloop.run(["exportfs", "-o", "rw,sync,no_root_squash,insecure,fsid=0,no_subtree_check",
-                    "127.0.0.1:%s" % NFS_EXPORT])
-        dmloop.run(["rpc.mountd", "-N", "3"])
-        self.mountd = set(fm._pids_of("rpc.mountd")) - before
-        for name in ("nfsv4leasetime", "nfsv4gracetime"):
-            with open("/proc/fs/nfsd/" + name, "w") as f:
-                f.write("10\n")
+        os.makedirs(NFS_EXPORT, exist_ok=True)
         self.up = True
-        dmloop.run(["rpc.nfsd", "-N", "3", "--no-udp", "-H", "127.0.0.1", "2"])
-        with contextlib.suppress(OSError):
-            with open("/proc/fs/nfsd/v4_end_grace", "w") as f:
-                f.write("Y\n")
+        fm.nfsd_start(NFS_EXPORT, self.mountd)
 
     def stop(self):
         if not self.up:
             return
         self.up = False
-        dmloop.run(["rpc.nfsd", "0"], check=False)
-        dmloop.run(["exportfs", "-ua"], check=False)
-        for pid in self.mountd:
-            with contextlib.suppress(OSError):
-                os.kill(pid, 15)
-        self.mountd = set()
+        fm.nfsd_stop(self.mountd)
 
     @contextlib.contextmanager
     def serve(self, dev, fstype):
@@ -226,8 +201,7 @@ class _NfsServer:
         client = Path(tempfile.mkdtemp(prefix="mx-nfs-client-", dir="/tmp"))
         try:
             dmloop.run(["exportfs", "-f"])
-            dmloop.run(["mount", "-t", "nfs4", "-o", "vers=4,proto=tcp,addr=127.0.0.1",
-                        "127.0.0.1:/", str(client)], timeout=120)
+            fm.nfs_client_mount(client)
             try:
                 yield Path(NFS_EXPORT), client
             finally:
