@@ -584,10 +584,12 @@ def _fill(mp, fillers, blk):
     return added
 
 
-def fragment_free_space(mp, holes, blk):
+def fragment_free_space(mp, holes, blk, hole=None):
     """Fill the filesystem at `mp` with preallocated filler files, then punch
-    `holes` isolated one-block holes into the first: a file written next can
-    only be scattered over them.  Returns the filler paths."""
+    `holes` isolated holes of `hole` bytes (default: one block) into the
+    big ones, a hole's length apart: a file written next can only be
+    scattered over them.  Returns the filler paths."""
+    hole = hole or blk
     # ext4 keeps clusters back for metadata (reserved_clusters): free on disk,
     # so a file written later could land there contiguously.  Keep only a few.
     resv = "/sys/fs/ext4/%s/reserved_clusters" % os.path.basename(_mount_source(mp))
@@ -600,13 +602,25 @@ def fragment_free_space(mp, holes, blk):
     while _fill(mp, fillers, blk):
         os.sync()
     big = [p for p, c in fillers if c == 64 << 20]
-    assert big, "scratch filesystem too small to fragment"
-    fd = os.open(big[0], os.O_WRONLY)
-    try:
-        for i in range(holes):
-            punch_hole(fd, (2 * i + 1) * blk, blk)
-    finally:
-        os.close(fd)
+    per_file = (64 << 20) // (2 * hole)
+    assert per_file and len(big) * per_file >= holes, \
+        "scratch filesystem too small for %d holes of %d bytes" % (holes, hole)
+    for n, path in enumerate(big[:(holes + per_file - 1) // per_file]):
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            for i in range(min(per_file, holes - n * per_file)):
+                try:
+                    punch_hole(fd, (2 * i + 1) * hole, hole)
+                except OSError as e:
+                    # Splitting the filler's extents needs tree blocks; on
+                    # a full filesystem they come from the holes already
+                    # punched, once the journal has committed them.
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    os.sync()
+                    punch_hole(fd, (2 * i + 1) * hole, hole)
+        finally:
+            os.close(fd)
     # Freed blocks stay busy until the journal (log) commits: until then
     # ext4 and XFS would only find the space they keep in reserve.
     os.sync()
