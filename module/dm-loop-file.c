@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * dm-loop file mode: each bio is handed to a worker that does the I/O
- * through the VFS, direct where the filesystem and alignment allow it,
+ * dm-loop file mode: bios are queued to the device's worker, which does the
+ * I/O through the VFS, direct where the filesystem and alignment allow it,
  * buffered otherwise.
  *
  * Memory pressure: the worker never lets an allocation recurse into the
@@ -236,16 +236,11 @@ static bool loop_file_can_aio(struct loop_c *lc, struct bio *bio, loff_t pos)
 	return loop_bio_dio_aligned(lc, bio, pos);
 }
 
-static void loop_file_work(struct work_struct *work)
+static void loop_file_one(struct loop_c *lc, struct bio *bio)
 {
-	struct loop_io *io = container_of(work, struct loop_io, work);
-	struct bio *bio = dm_bio_from_per_bio_data(io, sizeof(*io));
-	struct loop_c *lc = io->lc;
-	unsigned int throttle = current->flags & PF_LOCAL_THROTTLE;
-	unsigned int noio = memalloc_noio_save();
+	struct loop_io *io = dm_per_bio_data(bio, sizeof(*io));
 	loff_t pos = loop_bio_pos(lc, bio);
 
-	current->flags |= PF_LOCAL_THROTTLE;
 	if (loop_file_can_aio(lc, bio, pos)) {
 		if (op_is_write(bio_op(bio))) {
 			loop_stat_inc(lc, writes);
@@ -256,6 +251,34 @@ static void loop_file_work(struct work_struct *work)
 		}
 	} else {
 		loop_io_end(io, loop_file_do(lc, bio));
+	}
+}
+
+/*
+ * The device's worker takes every bio queued so far in one run, as loop's
+ * does: under a deep queue one wakeup serves many bios, where a work item
+ * per bio woke a worker of the unbound pool for each.
+ */
+void loop_file_work(struct work_struct *work)
+{
+	struct loop_c *lc = container_of(work, struct loop_c, work);
+	unsigned int throttle = current->flags & PF_LOCAL_THROTTLE;
+	unsigned int noio = memalloc_noio_save();
+	struct bio_list bios;
+	struct bio *bio;
+
+	current->flags |= PF_LOCAL_THROTTLE;
+	for (;;) {
+		spin_lock_irq(&lc->drain.lock);
+		bios = lc->pending;
+		bio_list_init(&lc->pending);
+		spin_unlock_irq(&lc->drain.lock);
+		if (bio_list_empty(&bios))
+			break;
+		while ((bio = bio_list_pop(&bios))) {
+			loop_file_one(lc, bio);
+			cond_resched();
+		}
 	}
 	current->flags = (current->flags & ~PF_LOCAL_THROTTLE) | throttle;
 	memalloc_noio_restore(noio);
@@ -268,11 +291,11 @@ int loop_file_map(struct dm_target *ti, struct bio *bio)
 	unsigned long flags;
 
 	io->lc = lc;
-	INIT_WORK(&io->work, loop_file_work);
 	spin_lock_irqsave(&lc->drain.lock, flags);
 	lc->inflight++;
+	bio_list_add(&lc->pending, bio);
 	spin_unlock_irqrestore(&lc->drain.lock, flags);
-	queue_work(loop_file_wq, &io->work);
+	queue_work(loop_file_wq, &lc->work);
 	return DM_MAPIO_SUBMITTED;
 }
 
@@ -328,6 +351,8 @@ void loop_file_teardown(struct loop_c *lc)
 	spin_lock_irq(&lc->drain.lock);
 	wait_event_lock_irq(lc->drain, !lc->inflight, lc->drain.lock);
 	spin_unlock_irq(&lc->drain.lock);
+	/* The worker looks at the list once more after its last bio ended. */
+	flush_work(&lc->work);
 	loop_inode_unuse(lc);
 }
 

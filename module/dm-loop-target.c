@@ -546,6 +546,8 @@ static int loop_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	lc->md = dm_table_get_md(ti->table);
 	lc->read_only = !(dm_table_get_mode(ti->table) & FMODE_WRITE);
 	init_waitqueue_head(&lc->drain);
+	bio_list_init(&lc->pending);
+	INIT_WORK(&lc->work, loop_file_work);
 	ti->private = lc;
 
 	r = -EINVAL;

@@ -10,11 +10,13 @@
 #define DM_LOOP_H
 
 #include <linux/atomic.h>
+#include <linux/bio.h>
 #include <linux/bits.h>
 #include <linux/device-mapper.h>
 #include <linux/fs.h>
 #include <linux/percpu.h>
 #include <linux/wait.h>
+#include <linux/workqueue.h>
 
 #define DM_MSG_PREFIX "loop"
 #define DM_LOOP_VERSION "1.0.0"
@@ -90,6 +92,8 @@ struct loop_c {
 	unsigned int dio_align;
 	unsigned int inflight;		/* bios queued, under drain.lock */
 	wait_queue_head_t drain;
+	struct bio_list pending;	/* for the worker, under drain.lock */
+	struct work_struct work;	/* the worker: one per device, as loop */
 
 	u64 setup_ns;
 	struct loop_stats __percpu *stats;
@@ -98,12 +102,11 @@ struct loop_c {
 };
 
 /*
- * Per-bio data of file mode: the work item, its device, and for direct I/O
- * the kiocb it is submitted with (asynchronously, as loop's lo_rw_aio).
+ * Per-bio data of file mode: its device, and for direct I/O the kiocb it is
+ * submitted with (asynchronously, as loop's lo_rw_aio).
  * @ref: the submitting worker and the completion each hold one.
  */
 struct loop_io {
-	struct work_struct work;
 	struct loop_c *lc;
 	struct kiocb iocb;
 	atomic_t ref;
@@ -127,6 +130,7 @@ const struct loop_extent *loop_find_extent(struct loop_c *lc, sector_t sector);
 int loop_file_setup(struct loop_c *lc);
 void loop_file_teardown(struct loop_c *lc);
 int loop_file_map(struct dm_target *ti, struct bio *bio);
+void loop_file_work(struct work_struct *work);
 int loop_file_init(void);
 void loop_file_exit(void);
 
