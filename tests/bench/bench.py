@@ -566,8 +566,7 @@ def write_fragmented(path, size, piece):
     (Alternating small writes with a filler file took about 1 ms a piece
     under TCG, some 13 minutes for the full mode's files.)"""
     mp = os.path.dirname(path)
-    resv = "/sys/fs/ext4/%s/reserved_clusters" % os.path.basename(
-        os.path.realpath(sh(["findmnt", "-no", "SOURCE", mp]).stdout.strip()))
+    resv = dmloop.ext4_knob(mp, "reserved_clusters")
     old = open(resv).read().strip()
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     # A hole in 64 more for the extent tree blocks the file needs.

@@ -561,6 +561,11 @@ def _mount_source(mp):
         return [line.split()[0] for line in f if line.split()[1] == str(mp)][0]
 
 
+def ext4_knob(mp, name):
+    """The sysfs path of ext4 tunable `name` for the filesystem mounted at `mp`."""
+    return "/sys/fs/ext4/%s/%s" % (os.path.basename(os.path.realpath(_mount_source(mp))), name)
+
+
 def _fill(mp, fillers, blk):
     """One pass of filling free space with preallocated files, biggest first;
     returns how many were added."""
@@ -592,7 +597,7 @@ def fragment_free_space(mp, holes, blk, hole=None):
     hole = hole or blk
     # ext4 keeps clusters back for metadata (reserved_clusters): free on disk,
     # so a file written later could land there contiguously.  Keep only a few.
-    resv = "/sys/fs/ext4/%s/reserved_clusters" % os.path.basename(_mount_source(mp))
+    resv = ext4_knob(mp, "reserved_clusters")
     if os.path.exists(resv):
         with open(resv, "w") as f:
             f.write("8")
