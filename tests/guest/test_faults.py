@@ -206,6 +206,40 @@ def test_host_fault_reaches_caller(host, mode, fault):
     assert_module_idle()
 
 
+def _host_sector(path, offset):
+    """The host sector holding byte `offset` of the file (FIEMAP)."""
+    for logical, physical, length in fiemap(path):
+        if logical <= offset < logical + length:
+            return (physical + offset - logical) // 512
+    raise AssertionError("offset %d of %s is not allocated" % (offset, path))
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_partly_failed_read_is_an_error(host, mode):
+    """An 8 KiB read whose second 4 KiB block fails on the host (dm-error
+    over that one block, page cache dropped) fails with EIO: buffered
+    file mode used to take filemap_read()'s short count for the end of
+    the file and return zeros in the failed half.  Once healed, the same
+    read returns the file's data."""
+    with DmControl() as dm:
+        node = _loop_device(dm, host, mode)
+        try:
+            fadvise_dontneed(host.img)
+            host.fail("error_target", [(_host_sector(host.img, IO_OFF + 4096), 8)])
+            try:
+                got = direct_io(node, "read", IO_OFF, 8192)
+            finally:
+                host.heal()
+            assert got == EIO, "the read of a failing block returned %s, not EIO" % (
+                "success" if got == 0 else errno.errorcode.get(got, got))
+            fadvise_dontneed(host.img)
+            want = dmloop.random_bytes(IMG_SIZE, 1)[IO_OFF:IO_OFF + 8192]
+            assert read_direct(node, IO_OFF, 8192) == want
+        finally:
+            dm.remove_retry(LOOP)
+    assert_module_idle()
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 def test_remove_during_fault(host, mode):
     """A device whose host fails all I/O (with buffered writes still
