@@ -30,13 +30,26 @@ static inline ssize_t dmloop_vfs_iter_write(struct file *file,
 #endif
 }
 
-/* Discard limits of a target that does its own discards (file mode). */
+/*
+ * Discard and write-zeroes limits of a target that does its own (file
+ * mode): at most what a bio's 32-bit bi_size holds.  6.1's
+ * __blkdev_issue_write_zeroes() stores max_write_zeroes_sectors << 9 in
+ * bi_size without a cap of its own, so the stacking default UINT_MAX
+ * wraps and a zeroout of more than 4 GiB zeroes only part of the range;
+ * later kernels cap it themselves, where this is the same limit again.
+ * __blkdev_issue_discard() caps discards itself in all of them.
+ */
 static inline void dmloop_set_discard_limits(struct queue_limits *limits,
 					     unsigned int granularity)
 {
 	limits->discard_granularity = granularity;
 	limits->max_hw_discard_sectors = UINT_MAX >> SECTOR_SHIFT;
 	limits->max_discard_sectors = UINT_MAX >> SECTOR_SHIFT;
+	/* Whole logical blocks, so that every piece but the last is aligned. */
+	limits->max_write_zeroes_sectors =
+		min_t(unsigned int, limits->max_write_zeroes_sectors,
+		      round_down(UINT_MAX >> SECTOR_SHIFT,
+				 limits->logical_block_size >> SECTOR_SHIFT));
 }
 
 #endif /* DM_LOOP_COMPAT_H */

@@ -112,10 +112,14 @@ static int loop_walk_extents(struct loop_c *lc, struct loop_extent_buf *buf)
  * Pin the file, then read its layout.  The ordering is swapon's: no write
  * may start once S_SWAPFILE is set, so the layout bmap() reports stays
  * true until loop_block_teardown().
+ *
+ * Returns 0 in block mode, < 0 on error (ti->error set), or 1 when the file
+ * cannot be block mapped: lc->reason says why, and the file is not pinned.
  */
 int loop_block_setup(struct loop_c *lc)
 {
 	struct inode *inode = file_inode(lc->file);
+	struct address_space *mapping = lc->file->f_mapping;
 	struct loop_extent_buf buf = {};
 	int r;
 
@@ -126,8 +130,34 @@ int loop_block_setup(struct loop_c *lc)
 		 MAJOR(lc->host_bdev->bd_dev), MINOR(lc->host_bdev->bd_dev));
 
 	r = loop_inode_pin(lc);
+	if (r == -EAGAIN) {
+		lc->reason = LOOP_REASON_IN_USE;
+		r = 1;
+	}
 	if (r)
-		return r;
+		goto out;
+
+	/*
+	 * vfs_fallocate() tests IS_SWAPFILE before the filesystem takes the
+	 * inode's locks (ext4 and XFS take i_rwsem and invalidate_lock around
+	 * every layout change): wait out whoever passed that test before the
+	 * pin and holds or waits for them now.  The lock is handed to waiters
+	 * in order, so those queued before us are done when we get it.
+	 */
+	inode_lock(inode);
+	inode_unlock(inode);
+	filemap_invalidate_lock(mapping);
+	filemap_invalidate_unlock(mapping);
+
+	/*
+	 * A writable shared mapping made before the pin can still dirty pages
+	 * whose writeback would land over what the device writes.
+	 */
+	if (mapping_writably_mapped(mapping)) {
+		lc->reason = LOOP_REASON_MMAPPED;
+		r = 1;
+		goto bad;
+	}
 
 	r = vfs_fsync(lc->file, 0);
 	if (r) {
@@ -135,9 +165,17 @@ int loop_block_setup(struct loop_c *lc)
 		goto bad;
 	}
 	/* The page cache must not hide what we write to the blocks. */
-	invalidate_inode_pages2(lc->file->f_mapping);
+	if (invalidate_inode_pages2(mapping)) {
+		lc->reason = LOOP_REASON_CACHE_BUSY;
+		r = 1;
+		goto bad;
+	}
 
 	r = loop_walk_extents(lc, &buf);
+	if (r == -ENODATA) {
+		lc->reason = LOOP_REASON_UNMAPPED;
+		r = 1;
+	}
 	if (r)
 		goto bad;
 
@@ -161,6 +199,7 @@ int loop_block_setup(struct loop_c *lc)
 bad:
 	kvfree(buf.v);
 	loop_inode_unpin(lc);
+out:
 	lc->host_bdev = NULL;
 	return r;
 }

@@ -7,11 +7,13 @@
  * Memory pressure: the worker never lets an allocation recurse into the
  * filesystem or block layer (PF_MEMALLOC_NOIO, and the backing mapping's gfp
  * mask without __GFP_IO | __GFP_FS), throttles only against the backing
- * device (PF_LOCAL_THROTTLE), and runs on a WQ_MEM_RECLAIM workqueue so a
- * rescuer guarantees progress: the lessons of drivers/block/loop.c.
+ * device (PF_LOCAL_THROTTLE): the lessons of drivers/block/loop.c.  Unlike
+ * loop's per-device workqueue it runs on one WQ_MEM_RECLAIM workqueue, whose
+ * rescuer guarantees progress when no new worker can be created.
  */
 #include <linux/bio.h>
 #include <linux/blkdev.h>
+#include <linux/delay.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <linux/sched/mm.h>
@@ -71,25 +73,40 @@ static ssize_t loop_file_direct(struct loop_c *lc, unsigned int dir,
 	return ret;
 }
 
-/* What a read or write of the whole bio that returned @ret means for it. */
-static blk_status_t loop_rw_status(struct bio *bio, ssize_t ret)
-{
-	if (ret < 0)
-		return errno_to_blk_status(ret);
-	if (ret < bio->bi_iter.bi_size) {
-		if (op_is_write(bio_op(bio)))
-			return BLK_STS_IOERR;
-		/* The file shrank under us: what lies past its end reads as zeros. */
-		bio_advance(bio, ret);
-		zero_fill_bio(bio);
-	}
-	return BLK_STS_OK;
-}
-
 static loff_t loop_bio_pos(struct loop_c *lc, struct bio *bio)
 {
 	return lc->offset +
 		((loff_t)dm_target_offset(lc->ti, bio->bi_iter.bi_sector) << SECTOR_SHIFT);
+}
+
+/*
+ * What a read or write of the bio's remaining data that returned @ret means
+ * for it.  A short write is an error.  A short read is the end of the file
+ * only where the file ends: what lies past i_size_read() reads as zeros (the
+ * file shrank under us).  Before it, the filesystem stopped early without
+ * saying why (filemap_read() returns the bytes it copied before a page that
+ * failed), so the bio is advanced past what was read and *@retry set: the
+ * caller reads the rest again, and a read that gets nothing there fails.
+ */
+static blk_status_t loop_rw_status(struct loop_c *lc, struct bio *bio,
+				   ssize_t ret, bool *retry)
+{
+	*retry = false;
+	if (ret < 0)
+		return errno_to_blk_status(ret);
+	if (ret >= bio->bi_iter.bi_size)
+		return BLK_STS_OK;
+	if (op_is_write(bio_op(bio)))
+		return BLK_STS_IOERR;
+	bio_advance(bio, ret);
+	if (loop_bio_pos(lc, bio) >= i_size_read(file_inode(lc->file))) {
+		zero_fill_bio(bio);
+		return BLK_STS_OK;
+	}
+	if (!ret)
+		return BLK_STS_IOERR;
+	*retry = true;
+	return BLK_STS_OK;
 }
 
 /* Synchronous I/O: buffered, and direct I/O that must be stable (FUA). */
@@ -97,41 +114,44 @@ static blk_status_t loop_file_rw(struct loop_c *lc, struct bio *bio)
 {
 	unsigned int dir = op_is_write(bio_op(bio)) ? ITER_SOURCE : ITER_DEST;
 	unsigned int size = bio->bi_iter.bi_size;
-	loff_t pos = loop_bio_pos(lc, bio);
+	loff_t start = loop_bio_pos(lc, bio);
 	struct iov_iter iter;
 	blk_status_t status;
+	bool retry;
 	ssize_t ret;
 
-	loop_bio_iter(bio, dir, &iter);
-	if (lc->use_dio && loop_bio_dio_aligned(lc, bio, pos)) {
-		loop_stat_inc(lc, direct_ios);
-		ret = loop_file_direct(lc, dir, &iter, pos);
-	} else {
-		loff_t ppos = pos;
+	do {
+		loff_t pos = loop_bio_pos(lc, bio);
 
-		loop_stat_inc(lc, buffered_ios);
-		if (dir == ITER_DEST)
-			ret = vfs_iter_read(lc->file, &iter, &ppos, 0);
-		else
-			ret = dmloop_vfs_iter_write(lc->file, &iter, &ppos);
-	}
-	status = loop_rw_status(bio, ret);
+		loop_bio_iter(bio, dir, &iter);
+		if (lc->use_dio && loop_bio_dio_aligned(lc, bio, pos)) {
+			loop_stat_inc(lc, direct_ios);
+			ret = loop_file_direct(lc, dir, &iter, pos);
+		} else {
+			loop_stat_inc(lc, buffered_ios);
+			if (dir == ITER_DEST)
+				ret = vfs_iter_read(lc->file, &iter, &pos, 0);
+			else
+				ret = dmloop_vfs_iter_write(lc->file, &iter, &pos);
+		}
+		status = loop_rw_status(lc, bio, ret, &retry);
+	} while (retry);
 	if (status || !(bio->bi_opf & REQ_FUA))
 		return status;
-	return errno_to_blk_status(vfs_fsync_range(lc->file, pos, pos + size - 1, 1));
+	return errno_to_blk_status(vfs_fsync_range(lc->file, start, start + size - 1, 1));
 }
 
+/*
+ * Discard punches a hole; write zeroes punches one too unless the bio says
+ * REQ_NOUNMAP, which keeps the blocks allocated (ZERO_RANGE).  Where the
+ * filesystem cannot do that (tmpfs, NFS) BLK_STS_NOTSUPP makes the block
+ * layer write the zeroes itself: a punch would unmap what must stay mapped.
+ */
 static blk_status_t loop_file_fallocate(struct loop_c *lc, struct bio *bio, int mode)
 {
-	loff_t pos = loop_bio_pos(lc, bio);
-	int r;
-
-	r = vfs_fallocate(lc->file, mode | FALLOC_FL_KEEP_SIZE, pos, bio->bi_iter.bi_size);
-	if (r == -EOPNOTSUPP && (mode & FALLOC_FL_ZERO_RANGE))
-		r = vfs_fallocate(lc->file, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-				  pos, bio->bi_iter.bi_size);
-	/* Unsupported: the block layer then writes zeroes itself. */
-	return errno_to_blk_status(r);
+	return errno_to_blk_status(vfs_fallocate(lc->file, mode | FALLOC_FL_KEEP_SIZE,
+						 loop_bio_pos(lc, bio),
+						 bio->bi_iter.bi_size));
 }
 
 static blk_status_t loop_file_do(struct loop_c *lc, struct bio *bio)
@@ -171,18 +191,46 @@ static void loop_io_end(struct loop_io *io, blk_status_t status)
 	bio->bi_status = status;
 	bio_endio(bio);
 
-	/* Under the lock: the destructor may free lc as soon as it sees 0. */
-	spin_lock_irqsave(&lc->drain.lock, flags);
+	/*
+	 * dm may now run the destructor; it waits for inflight to reach 0
+	 * under lc->lock, so lc lives until this unlock.
+	 */
+	if (loop_debug_endio_delay_ms) {
+		if (in_task())
+			msleep(loop_debug_endio_delay_ms);
+		else
+			mdelay(loop_debug_endio_delay_ms);
+	}
+	spin_lock_irqsave(&lc->lock, flags);
 	if (!--lc->inflight)
-		wake_up_locked(&lc->drain);
-	spin_unlock_irqrestore(&lc->drain.lock, flags);
+		wake_up(&lc->drain);
+	spin_unlock_irqrestore(&lc->lock, flags);
+}
+
+/* Hand a bio (back) to the device's worker. */
+static void loop_file_queue(struct loop_c *lc, struct bio *bio)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&lc->lock, flags);
+	bio_list_add(&lc->pending, bio);
+	spin_unlock_irqrestore(&lc->lock, flags);
+	queue_work(loop_file_wq, &lc->work);
 }
 
 static void loop_io_put(struct loop_io *io)
 {
-	if (atomic_dec_and_test(&io->ref))
-		loop_io_end(io, loop_rw_status(dm_bio_from_per_bio_data(io, sizeof(*io)),
-					       io->ret));
+	struct bio *bio = dm_bio_from_per_bio_data(io, sizeof(*io));
+	blk_status_t status;
+	bool retry;
+
+	if (!atomic_dec_and_test(&io->ref))
+		return;
+	status = loop_rw_status(io->lc, bio, io->ret, &retry);
+	if (retry)
+		loop_file_queue(io->lc, bio);	/* the rest of a short read */
+	else
+		loop_io_end(io, status);
 }
 
 static void loop_aio_complete(struct kiocb *iocb, long ret)
@@ -255,9 +303,10 @@ static void loop_file_one(struct loop_c *lc, struct bio *bio)
 }
 
 /*
- * The device's worker takes every bio queued so far in one run, as loop's
- * does: under a deep queue one wakeup serves many bios, where a work item
- * per bio woke a worker of the unbound pool for each.
+ * The device's worker takes every bio queued so far in one run (loop's
+ * worker drains its list the same way): under a deep queue one wakeup
+ * serves many bios, where a work item per bio woke a worker of the unbound
+ * pool for each.
  */
 void loop_file_work(struct work_struct *work)
 {
@@ -269,10 +318,10 @@ void loop_file_work(struct work_struct *work)
 
 	current->flags |= PF_LOCAL_THROTTLE;
 	for (;;) {
-		spin_lock_irq(&lc->drain.lock);
+		spin_lock_irq(&lc->lock);
 		bios = lc->pending;
 		bio_list_init(&lc->pending);
-		spin_unlock_irq(&lc->drain.lock);
+		spin_unlock_irq(&lc->lock);
 		if (bio_list_empty(&bios))
 			break;
 		while ((bio = bio_list_pop(&bios))) {
@@ -291,11 +340,10 @@ int loop_file_map(struct dm_target *ti, struct bio *bio)
 	unsigned long flags;
 
 	io->lc = lc;
-	spin_lock_irqsave(&lc->drain.lock, flags);
+	spin_lock_irqsave(&lc->lock, flags);
 	lc->inflight++;
-	bio_list_add(&lc->pending, bio);
-	spin_unlock_irqrestore(&lc->drain.lock, flags);
-	queue_work(loop_file_wq, &lc->work);
+	spin_unlock_irqrestore(&lc->lock, flags);
+	loop_file_queue(lc, bio);
 	return DM_MAPIO_SUBMITTED;
 }
 
@@ -348,9 +396,9 @@ int loop_file_setup(struct loop_c *lc)
 /* The destructor runs with no I/O left in dm, but our workers may still run. */
 void loop_file_teardown(struct loop_c *lc)
 {
-	spin_lock_irq(&lc->drain.lock);
-	wait_event_lock_irq(lc->drain, !lc->inflight, lc->drain.lock);
-	spin_unlock_irq(&lc->drain.lock);
+	spin_lock_irq(&lc->lock);
+	wait_event_lock_irq(lc->drain, !lc->inflight, lc->lock);
+	spin_unlock_irq(&lc->lock);
 	/* The worker looks at the list once more after its last bio ended. */
 	flush_work(&lc->work);
 	loop_inode_unuse(lc);

@@ -30,6 +30,10 @@ static const char * const loop_reason_names[LOOP_REASON_MAX] = {
 	[LOOP_REASON_UNALIGNED_OFFSET]	= "unaligned_offset",
 	[LOOP_REASON_UNMAPPED]		= "unmapped",
 	[LOOP_REASON_IN_USE]		= "in_use",
+	[LOOP_REASON_NO_DIO]		= "no_dio",
+	[LOOP_REASON_VERITY]		= "verity",
+	[LOOP_REASON_MMAPPED]		= "mmapped",
+	[LOOP_REASON_CACHE_BUSY]	= "cache_busy",
 };
 
 /* ti->error outlives the constructor: these are literals. */
@@ -43,6 +47,10 @@ static char * const loop_require_block_errors[LOOP_REASON_MAX] = {
 	[LOOP_REASON_UNALIGNED_OFFSET]	= "Block mode not possible: offset not block aligned",
 	[LOOP_REASON_UNMAPPED]		= "Block mode not possible: hole, unwritten or shared",
 	[LOOP_REASON_IN_USE]		= "Block mode not possible: file used by a file-mode table",
+	[LOOP_REASON_NO_DIO]		= "Block mode not possible: file cannot do direct I/O",
+	[LOOP_REASON_VERITY]		= "Block mode not possible: file has fs-verity",
+	[LOOP_REASON_MMAPPED]		= "Block mode not possible: file is mapped writable",
+	[LOOP_REASON_CACHE_BUSY]	= "Block mode not possible: page cache cannot be dropped",
 };
 
 /* Filesystems whose ->bmap is known to return 0 for anything unsafe. */
@@ -83,16 +91,26 @@ MODULE_PARM_DESC(total_extents, "Extents in all block-mode tables");
 module_param_cb(table_bytes, &loop_atomic_long_ops, &loop_total_table_bytes, 0444);
 MODULE_PARM_DESC(table_bytes, "Bytes of memory used by all extent tables");
 
+#ifdef DMLOOP_DEBUG
+/* Debug builds only: widen the window between bio_endio() and the drain. */
+unsigned int loop_debug_endio_delay_ms;
+module_param_named(debug_endio_delay_ms, loop_debug_endio_delay_ms, uint, 0644);
+MODULE_PARM_DESC(debug_endio_delay_ms,
+		 "Debug build: file mode sleeps this long after each bio_endio()");
+#endif
+
 /*
  * Registry of backing inodes.  A reload runs the new table's constructor
  * before the old table's destructor, so a pin is counted and owned by the
  * mapped device: the same device may pin a file again, any other gets EBUSY.
+ * File-mode users are counted, whichever devices they belong to: while
+ * there is one, no table pins the file (S_SWAPFILE would fail its writes),
+ * and a new table over it gets file mode, reason in_use.
  */
 struct loop_inode {
 	struct hlist_node node;
 	struct inode *inode;
 	struct mapped_device *pin_owner;
-	struct mapped_device *file_owner;	/* NULL once shared */
 	unsigned int pins;
 	unsigned int file_users;
 	gfp_t old_gfp_mask;
@@ -151,13 +169,8 @@ int loop_inode_pin(struct loop_c *lc)
 		goto out;
 	}
 	if (li->file_users) {
-		/* A reload of this device's file-mode table stays in file mode. */
-		if (li->file_owner == lc->md) {
-			r = -EAGAIN;
-		} else {
-			lc->ti->error = "File is in use by a file-mode dm-loop device";
-			r = -EBUSY;
-		}
+		/* This device's live table, or another device: file mode. */
+		r = -EAGAIN;
 		goto out_release;
 	}
 
@@ -249,9 +262,6 @@ int loop_inode_use(struct loop_c *lc)
 		li->old_gfp_mask = mapping_gfp_mask(mapping);
 		mapping_set_gfp_mask(mapping,
 				     li->old_gfp_mask & ~(__GFP_IO | __GFP_FS));
-		li->file_owner = lc->md;
-	} else if (li->file_owner != lc->md) {
-		li->file_owner = NULL;
 	}
 	lc->file_user = true;
 out:
@@ -273,6 +283,79 @@ void loop_inode_unuse(struct loop_c *lc)
 		mapping_set_gfp_mask(lc->file->f_mapping, li->old_gfp_mask);
 		loop_inode_release(li);
 	}
+	mutex_unlock(&loop_registry_lock);
+}
+
+/*
+ * Every loop target that exists, live or only loaded, for
+ * loop_check_stack(); under loop_registry_lock.
+ */
+static LIST_HEAD(loop_contexts);
+
+/* How many distinct devices loop_check_stack() follows down a stack. */
+#define LOOP_MAX_STACK 16
+
+/*
+ * Refuse a file whose filesystem sits on this very device, directly or
+ * through dm-loop devices below it (loop.c's loop_validate_file() is the
+ * model): each bio would come back to the device, forever in block mode,
+ * to a worker waiting on itself in file mode.  The walk goes from the
+ * file's disk to the files of the dm-loop targets on that disk, live
+ * tables and loaded ones alike, and on down.
+ */
+static int loop_check_stack(struct loop_c *lc)
+{
+	struct block_device *bdev = file_inode(lc->file)->i_sb->s_bdev;
+	const struct gendisk *self = dm_disk(lc->md);
+	const struct gendisk *disks[LOOP_MAX_STACK];
+	unsigned int nr = 0, i, j;
+	struct loop_c *c;
+	int r = 0;
+
+	if (!bdev)
+		return 0;
+	disks[nr++] = bdev->bd_disk;
+	mutex_lock(&loop_registry_lock);
+	for (i = 0; i < nr && !r; i++) {
+		if (disks[i] == self) {
+			lc->ti->error = i ? "File is on a dm-loop device stacked on this device" :
+					    "File is on a filesystem on this device";
+			r = -ELOOP;
+			break;
+		}
+		/* Only a device-mapper disk can hold dm-loop targets. */
+		if (disks[i]->fops != self->fops)
+			continue;
+		list_for_each_entry(c, &loop_contexts, stack_node) {
+			if (dm_disk(c->md) != disks[i])
+				continue;
+			bdev = file_inode(c->file)->i_sb->s_bdev;
+			if (!bdev)
+				continue;
+			for (j = 0; j < nr && disks[j] != bdev->bd_disk; j++)
+				;
+			if (j < nr)
+				continue;
+			if (nr == LOOP_MAX_STACK) {
+				lc->ti->error = "Too many dm-loop devices stacked under the file";
+				r = -ELOOP;
+				break;
+			}
+			disks[nr++] = bdev->bd_disk;
+		}
+	}
+	if (!r)
+		list_add(&lc->stack_node, &loop_contexts);
+	mutex_unlock(&loop_registry_lock);
+	return r;
+}
+
+static void loop_uncheck_stack(struct loop_c *lc)
+{
+	if (list_empty(&lc->stack_node))
+		return;
+	mutex_lock(&loop_registry_lock);
+	list_del_init(&lc->stack_node);
 	mutex_unlock(&loop_registry_lock);
 }
 
@@ -465,6 +548,7 @@ static enum loop_reason loop_static_reason(struct loop_c *lc)
 {
 	struct inode *inode = file_inode(lc->file);
 	struct super_block *sb = inode->i_sb;
+	struct kstat stat;
 
 	if (lc->opts & LOOP_OPT_FORCE_FILE)
 		return LOOP_REASON_FORCED;
@@ -481,6 +565,18 @@ static enum loop_reason loop_static_reason(struct loop_c *lc)
 		return LOOP_REASON_ENCRYPTED;
 	if (IS_DAX(inode))
 		return LOOP_REASON_DAX;
+	/* Block mode would read the blocks without verifying them. */
+	if (IS_VERITY(inode))
+		return LOOP_REASON_VERITY;
+	/*
+	 * A file the filesystem will not do direct I/O on (ext4: journalled
+	 * data, inline data, verity, crypto without inline encryption) has
+	 * data that is not simply in its blocks: with data=journal a replay or
+	 * checkpoint of the journal writes over what the device wrote.
+	 */
+	if (!vfs_getattr(&lc->file->f_path, &stat, STATX_DIOALIGN, AT_STATX_SYNC_AS_STAT) &&
+	    (stat.result_mask & STATX_DIOALIGN) && !stat.dio_mem_align)
+		return LOOP_REASON_NO_DIO;
 	if (lc->offset & (lc->block_size - 1))
 		return LOOP_REASON_UNALIGNED_OFFSET;
 	return LOOP_REASON_NONE;
@@ -505,6 +601,7 @@ static void loop_dtr(struct dm_target *ti)
 		loop_debugfs_remove(lc);
 		loop_account(lc, -1);
 	}
+	loop_uncheck_stack(lc);
 	if (lc->file) {
 		if (lc->mode == LOOP_MODE_BLOCK)
 			loop_block_teardown(lc);
@@ -545,9 +642,11 @@ static int loop_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	lc->ti = ti;
 	lc->md = dm_table_get_md(ti->table);
 	lc->read_only = !(dm_table_get_mode(ti->table) & FMODE_WRITE);
+	spin_lock_init(&lc->lock);
 	init_waitqueue_head(&lc->drain);
 	bio_list_init(&lc->pending);
 	INIT_WORK(&lc->work, loop_file_work);
+	INIT_LIST_HEAD(&lc->stack_node);
 	ti->private = lc;
 
 	r = -EINVAL;
@@ -608,15 +707,16 @@ static int loop_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 		goto bad;
 	}
 
+	r = loop_check_stack(lc);
+	if (r)
+		goto bad;
+
 	lc->reason = loop_static_reason(lc);
 	if (lc->reason == LOOP_REASON_NONE) {
+		/* < 0: error; > 0: file mode, lc->reason says why. */
 		r = loop_block_setup(lc);
-		if (r && r != -ENODATA && r != -EAGAIN)
+		if (r < 0)
 			goto bad;
-		if (r == -ENODATA)
-			lc->reason = LOOP_REASON_UNMAPPED;
-		else if (r == -EAGAIN)
-			lc->reason = LOOP_REASON_IN_USE;
 	}
 	if (lc->reason != LOOP_REASON_NONE) {
 		char reason[48];
@@ -659,6 +759,23 @@ static int loop_map(struct dm_target *ti, struct bio *bio)
 	return loop_file_map(ti, bio);
 }
 
+/*
+ * Emit @str with a backslash before each character of @special: in the IMA
+ * record, what keeps its "key=value," fields apart.
+ */
+static void loop_emit_escaped(char *result, unsigned int maxlen, size_t *psz,
+			      const char *str, const char *special)
+{
+	size_t sz = *psz;
+
+	for (; *str; str++) {
+		if (strchr(special, *str))
+			DMEMIT("\\");
+		DMEMIT("%c", *str);
+	}
+	*psz = sz;
+}
+
 static void loop_status(struct dm_target *ti, status_type_t type,
 			unsigned int status_flags, char *result, unsigned int maxlen)
 {
@@ -678,6 +795,11 @@ static void loop_status(struct dm_target *ti, status_type_t type,
 		break;
 
 	case STATUSTYPE_TABLE:
+		/*
+		 * The path as given: libdevmapper escapes backslashes on the
+		 * way in and dm_split_args() takes them off, so this is what
+		 * `dmsetup reload` reads back as the same path.
+		 */
 		DMEMIT("%s %lld", lc->path, lc->offset);
 		if (nr_opts) {
 			DMEMIT(" %u", nr_opts);
@@ -693,9 +815,10 @@ static void loop_status(struct dm_target *ti, status_type_t type,
 	case STATUSTYPE_IMA:
 		loop_reason_format(lc, reason, sizeof(reason));
 		DMEMIT_TARGET_NAME_VERSION(ti->type);
-		DMEMIT(",file_name=%s,offset=%lld,mode=%s,reason=%s,extents=%u;",
-		       lc->path, lc->offset, loop_mode_name(lc), reason,
-		       lc->nr_extents);
+		DMEMIT(",file_name=");
+		loop_emit_escaped(result, maxlen, &sz, lc->path, "\\,;=");
+		DMEMIT(",offset=%lld,mode=%s,reason=%s,extents=%u;",
+		       lc->offset, loop_mode_name(lc), reason, lc->nr_extents);
 		break;
 	}
 }
@@ -746,8 +869,10 @@ static void loop_io_hints(struct dm_target *ti, struct queue_limits *limits)
 		limits->io_min = max(limits->io_min, lc->block_size);
 		return;
 	}
-	limits->logical_block_size = max_t(unsigned int, limits->logical_block_size,
-					   lc->dio_align);
+	/* Direct I/O needs its alignment; buffered I/O takes any sector. */
+	if (lc->use_dio)
+		limits->logical_block_size = max_t(unsigned int, limits->logical_block_size,
+						   lc->dio_align);
 	limits->physical_block_size = max(limits->physical_block_size,
 					  limits->logical_block_size);
 	limits->io_min = max(limits->io_min, lc->block_size);
@@ -755,9 +880,17 @@ static void loop_io_hints(struct dm_target *ti, struct queue_limits *limits)
 		dmloop_set_discard_limits(limits, lc->block_size);
 }
 
+/*
+ * NOWAIT: map() never sleeps in either mode (block mode remaps, file mode
+ * queues to the worker), so REQ_NOWAIT bios are welcome.  Not
+ * PASSES_CRYPTO: the flag is the target type's, and a file-mode table
+ * reports no device to narrow the crypto profile, so dm would offer every
+ * inline-encryption mode and file mode would write the data in the clear.
+ */
 static struct target_type loop_target = {
 	.name		 = "loop",
 	.version	 = {1, 0, 0},
+	.features	 = DM_TARGET_NOWAIT,
 	.module		 = THIS_MODULE,
 	.ctr		 = loop_ctr,
 	.dtr		 = loop_dtr,

@@ -38,6 +38,10 @@ enum loop_reason {
 	LOOP_REASON_UNALIGNED_OFFSET,
 	LOOP_REASON_UNMAPPED,
 	LOOP_REASON_IN_USE,
+	LOOP_REASON_NO_DIO,
+	LOOP_REASON_VERITY,
+	LOOP_REASON_MMAPPED,
+	LOOP_REASON_CACHE_BUSY,
 	LOOP_REASON_MAX,
 };
 
@@ -90,10 +94,13 @@ struct loop_c {
 	bool file_user;
 	bool use_dio;
 	unsigned int dio_align;
-	unsigned int inflight;		/* bios queued, under drain.lock */
-	wait_queue_head_t drain;
-	struct bio_list pending;	/* for the worker, under drain.lock */
-	struct work_struct work;	/* the worker: one per device, as loop */
+	spinlock_t lock;		/* inflight and pending */
+	unsigned int inflight;		/* bios not yet fully ended */
+	wait_queue_head_t drain;	/* the destructor waits for inflight 0 */
+	struct bio_list pending;	/* for the worker */
+	struct work_struct work;	/* the worker: one per device */
+
+	struct list_head stack_node;	/* loop_contexts, for loop_check_stack */
 
 	u64 setup_ns;
 	struct loop_stats __percpu *stats;
@@ -139,6 +146,13 @@ int loop_inode_pin(struct loop_c *lc);
 void loop_inode_unpin(struct loop_c *lc);
 int loop_inode_use(struct loop_c *lc);
 void loop_inode_unuse(struct loop_c *lc);
+
+/* dm-loop-target.c: debug-only fault injection, 0 in a normal build. */
+#ifdef DMLOOP_DEBUG
+extern unsigned int loop_debug_endio_delay_ms;
+#else
+#define loop_debug_endio_delay_ms 0U
+#endif
 
 /* dm-loop-debugfs.c */
 void loop_debugfs_init(void);
