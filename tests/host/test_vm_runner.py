@@ -54,6 +54,17 @@ def test_fault_patterns():
         assert not faults.is_fault(line), line
 
 
+def test_make_does_not_export_kernel(repo):
+    """`make check KERNEL=7.2` names a prebuilt kernel; debug/vm would read an
+    exported KERNEL as a kernel file, in every guest the recipes start."""
+    probe = "probe: ; @echo \"env:$${KERNEL-unset} make:$(KERNEL)\""
+    for how in (["make", "KERNEL=7.2"], ["env", "KERNEL=7.2", "make"]):
+        p = subprocess.run(how + ["-s", "--no-print-directory", "-C", str(repo), "--eval", probe, "probe"],
+                           capture_output=True, text=True)
+        assert p.returncode == 0, explain(p)
+        assert p.stdout.strip() == "env:unset make:7.2", (how, p.stdout)
+
+
 def test_status_output_and_disks(vm):
     """One boot: exit status passes through, stdout/stderr reach ours separately and
     free of kernel messages, scratch disks have the requested sizes, the guest
