@@ -19,6 +19,7 @@ FAULT_PATTERNS = [
     r"kernel BUG at",                       # BUG_ON()
     r"\bWARNING:",                          # WARN_ON(), lockdep and RCU "WARNING: ..." headers
     r"\bOops\b",                            # Oops: 0000 [#1], Oops: int3
+    r": [0-9a-f]{4} \[#\d+\]",              # any die() header; 6.1 prints "int3: 0000 [#1]" without "Oops: "
     r"general protection fault",
     r"stack segment:",
     r"\bdouble fault\b",
@@ -105,3 +106,88 @@ def fault_report(lines, before=2, after=25, max_blocks=8):
 
 def strip_timestamp(line):
     return _TIMESTAMP_RE.sub("", line)
+
+
+# ---------------------------------------------------------------- the TCG int3 flake
+#
+# Under multi-threaded TCG a guest kernel sometimes dies of an int3 in code
+# that has nothing to do with the test (update_rq_clock at boot, vfs_read of
+# an unrelated process right after a module load).  Those are the sites that
+# text_poke_bp() (static keys / jump labels, static calls) rewrites while the
+# other vCPU runs: it puts an int3 on the first byte, writes the rest, writes
+# the first byte, with a core sync on every CPU between the steps, and while
+# it is at work poke_int3_handler() emulates the instruction for any CPU that
+# hits the int3.  A vCPU that executes the int3 after the patch is finished
+# (a translation of the page made while the int3 was there and not yet
+# dropped by QEMU) finds no patch in progress: exc_int3() calls
+# die("int3").  What that leaves in the log is narrow, and tcg_int3_flake()
+# recognises exactly that and nothing else:
+#
+#   1. the log's only die() record is "Oops: int3: 0000 [#1]" (6.9+) or
+#      "int3: 0000 [#1]" (before): the first oops of the boot, of type int3;
+#   2. its RIP is in the kernel's own text ("RIP: 0010:sym+0x../0x.." with no
+#      "[module]" after it);
+#   3. its "Code:" line shows that the byte before RIP (the int3 traps with
+#      RIP one past itself) is no longer 0xcc: the int3 that trapped is not in
+#      memory any more, the site had been patched to its final instruction.
+#      A real stray int3 (function padding reached by a wild jump, an int3
+#      compiled in) is still there and shows "cc <..>";
+#   4. every other fault line of the log is that oops's own ending: "Kernel
+#      panic - not syncing: Fatal exception[ in interrupt]" or "Attempted to
+#      kill the idle task!/init!".  Any other fault anywhere in the log (a
+#      second Oops, a BUG, a WARNING, a lockup, a stall, KASAN...) and it is
+#      not the flake.
+#
+# debug/vm --rerun-tcg-int3 reruns such a guest once, single-threaded; a
+# second int3, or anything else, stays fatal.
+
+_DIE_RE = re.compile(r"(?:\bOops: )?\b([a-z][a-z0-9 ]*?): ([0-9a-f]{4}) \[#(\d+)\]")
+_INT3_RE = re.compile(r"(?:\bOops: )?\bint3: [0-9a-f]{4} \[#1\]")
+_OOPS_END_RE = re.compile(r"Kernel panic - not syncing: (?:Fatal exception(?: in interrupt)?|"
+                          r"Attempted to kill the idle task!|Attempted to kill init!.*)\s*(?:\]---)?\s*$")
+_RIP_RE = re.compile(r"\bRIP: 0010:([A-Za-z_.][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+\s*$")
+_CODE_RE = re.compile(r"\bCode: ((?:[0-9a-f]{2} )*)<([0-9a-f]{2})>")
+_END_TRACE_RE = re.compile(r"---\[ end trace [0-9a-f]+ \]---")
+
+
+def tcg_int3_flake(lines):
+    """When `lines` (one guest's kernel log) show the multi-threaded TCG int3
+    flake and nothing else, return a one-line description of it (the
+    function and the bytes at the site); otherwise None.  The rule is in the
+    comment above; everything that is not exactly that stays a fault."""
+    lines = [strip_timestamp(l.rstrip("\n")) for l in lines]
+    hits = [i for i, l in enumerate(lines) if is_fault(l)]
+    if not hits:
+        return None
+    header = None
+    for i in hits:
+        l = lines[i]
+        if _INT3_RE.search(l) and header is None:
+            header = i
+        elif _OOPS_END_RE.search(l):
+            continue
+        else:
+            return None     # a second die() record or any other fault
+    if header is None:
+        return None
+    # The oops record: from its header to its "end trace" (or the log's end).
+    rip = code = None
+    for l in lines[header + 1:]:
+        if _END_TRACE_RE.search(l) or _DIE_RE.search(l):
+            break
+        if rip is None and "RIP: " in l:
+            m = _RIP_RE.search(l)
+            if not m:
+                return None     # user mode, a module's text, or no symbol
+            rip = m.group(1)
+        elif rip is not None and code is None and "Code: " in l:
+            m = _CODE_RE.search(l)
+            if not m or not m.group(1):
+                return None     # "Unable to access opcode bytes": cannot tell
+            code = m.group(1).split() + [m.group(2)]
+            break
+    if rip is None or code is None:
+        return None
+    if code[-2] == "cc":
+        return None             # the int3 is still in memory: a real one
+    return "int3 in %s, the site now holds %s %s..., no other fault" % (rip, code[-2], code[-1])
