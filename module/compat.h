@@ -52,4 +52,50 @@ static inline void dmloop_set_discard_limits(struct queue_limits *limits,
 				 limits->logical_block_size >> SECTOR_SHIFT));
 }
 
+/* Whether a block device spins (7.0 turned bdev_nonrot() into bdev_rot()). */
+static inline bool dmloop_bdev_rotational(struct block_device *bdev)
+{
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(7, 0, 0)
+	return bdev_rot(bdev);
+#else
+	return !bdev_nonrot(bdev);
+#endif
+}
+
+/*
+ * A file-mode table reports no device, so dm would mark the queue
+ * pollable (all of no devices poll) and non-rotational (none spins).
+ * Neither is true: a polled bio of file mode is done by the worker, and a
+ * file on a spinning disk is on a spinning disk.  Since 6.10 both are
+ * queue limits features, which io_hints sets; before, they are queue
+ * flags that dm_table_set_restrictions() sets after io_hints, so the
+ * target's resume (run after them, the device still suspended) corrects
+ * them.
+ */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 10, 0)
+static inline void dmloop_file_limits_features(struct queue_limits *limits,
+					       bool rotational)
+{
+	limits->features &= ~BLK_FEAT_POLL;
+	if (rotational)
+		limits->features |= BLK_FEAT_ROTATIONAL;
+}
+
+static inline void dmloop_file_queue_flags(struct request_queue *q, bool rotational)
+{
+}
+#else
+static inline void dmloop_file_limits_features(struct queue_limits *limits,
+					       bool rotational)
+{
+}
+
+static inline void dmloop_file_queue_flags(struct request_queue *q, bool rotational)
+{
+	blk_queue_flag_clear(QUEUE_FLAG_POLL, q);
+	if (rotational)
+		blk_queue_flag_clear(QUEUE_FLAG_NONROT, q);
+}
+#endif
+
 #endif /* DM_LOOP_COMPAT_H */

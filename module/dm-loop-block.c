@@ -121,6 +121,7 @@ int loop_block_setup(struct loop_c *lc)
 	struct inode *inode = file_inode(lc->file);
 	struct address_space *mapping = lc->file->f_mapping;
 	struct loop_extent_buf buf = {};
+	bool reloading;
 	int r;
 
 	lc->host_bdev = inode->i_sb->s_bdev;
@@ -133,29 +134,44 @@ int loop_block_setup(struct loop_c *lc)
 	if (r == -EAGAIN) {
 		lc->reason = LOOP_REASON_IN_USE;
 		r = 1;
-	}
-	if (r)
 		goto out;
+	}
+	if (r < 0)
+		goto out;
+	/*
+	 * 1: this device's live table has held the pin all along (a reload):
+	 * nothing can have changed the layout, and the checks below, which
+	 * fall back to file mode, would fail instead (a pinned file refuses
+	 * a file-mode table), so they are for a new pin only.
+	 */
+	reloading = r == 1;
 
 	/*
-	 * vfs_fallocate() tests IS_SWAPFILE before the filesystem takes the
-	 * inode's locks (ext4 and XFS take i_rwsem and invalidate_lock around
-	 * every layout change): wait out whoever passed that test before the
-	 * pin and holds or waits for them now.  The lock is handed to waiters
-	 * in order, so those queued before us are done when we get it.
+	 * vfs_fallocate() tests IS_SWAPFILE before the filesystem takes its
+	 * locks (ext4 and XFS hold i_rwsem and then invalidate_lock across
+	 * every layout change, and test nothing again): take and drop both
+	 * once, to wait out a layout change already inside the filesystem.
+	 * Best effort: a caller still between the test and the lock (up to
+	 * sb_start_write(), which sleeps while the filesystem is frozen) is
+	 * the window swapon has too; a frozen filesystem gives file mode.
 	 */
 	inode_lock(inode);
-	inode_unlock(inode);
 	filemap_invalidate_lock(mapping);
 	filemap_invalidate_unlock(mapping);
+	inode_unlock(inode);
+	r = 1;
+	if (!reloading && inode->i_sb->s_writers.frozen != SB_UNFROZEN) {
+		lc->reason = LOOP_REASON_FROZEN;
+		goto bad;
+	}
 
 	/*
-	 * A writable shared mapping made before the pin can still dirty pages
-	 * whose writeback would land over what the device writes.
+	 * A shared mapping through a writable file made before the pin can
+	 * still dirty pages whose writeback would land over what the device
+	 * writes (the kernel counts any VM_SHARED mapping of a writable file).
 	 */
-	if (mapping_writably_mapped(mapping)) {
+	if (!reloading && mapping_writably_mapped(mapping)) {
 		lc->reason = LOOP_REASON_MMAPPED;
-		r = 1;
 		goto bad;
 	}
 
@@ -165,7 +181,7 @@ int loop_block_setup(struct loop_c *lc)
 		goto bad;
 	}
 	/* The page cache must not hide what we write to the blocks. */
-	if (invalidate_inode_pages2(mapping)) {
+	if (invalidate_inode_pages2(mapping) && !reloading) {
 		lc->reason = LOOP_REASON_CACHE_BUSY;
 		r = 1;
 		goto bad;

@@ -86,10 +86,13 @@ static loff_t loop_bio_pos(struct loop_c *lc, struct bio *bio)
  * file shrank under us).  Before it, the filesystem stopped early without
  * saying why (filemap_read() returns the bytes it copied before a page that
  * failed), so the bio is advanced past what was read and *@retry set: the
- * caller reads the rest again, and a read that gets nothing there fails.
+ * caller reads the rest again.  A read that gets nothing after one that got
+ * something fails the bio; a first read that gets nothing is tried once
+ * more (the file may have grown between the read's size check and ours).
+ * *@empty_reads keeps that count for the bio.  Process context only.
  */
 static blk_status_t loop_rw_status(struct loop_c *lc, struct bio *bio,
-				   ssize_t ret, bool *retry)
+				   ssize_t ret, u8 *empty_reads, bool *retry)
 {
 	*retry = false;
 	if (ret < 0)
@@ -103,7 +106,9 @@ static blk_status_t loop_rw_status(struct loop_c *lc, struct bio *bio,
 		zero_fill_bio(bio);
 		return BLK_STS_OK;
 	}
-	if (!ret)
+	if (ret)
+		*empty_reads = 1;
+	else if ((*empty_reads)++)
 		return BLK_STS_IOERR;
 	*retry = true;
 	return BLK_STS_OK;
@@ -117,6 +122,7 @@ static blk_status_t loop_file_rw(struct loop_c *lc, struct bio *bio)
 	loff_t start = loop_bio_pos(lc, bio);
 	struct iov_iter iter;
 	blk_status_t status;
+	u8 empty_reads = 0;
 	bool retry;
 	ssize_t ret;
 
@@ -134,7 +140,7 @@ static blk_status_t loop_file_rw(struct loop_c *lc, struct bio *bio)
 			else
 				ret = dmloop_vfs_iter_write(lc->file, &iter, &pos);
 		}
-		status = loop_rw_status(lc, bio, ret, &retry);
+		status = loop_rw_status(lc, bio, ret, &empty_reads, &retry);
 	} while (retry);
 	if (status || !(bio->bi_opf & REQ_FUA))
 		return status;
@@ -207,30 +213,39 @@ static void loop_io_end(struct loop_io *io, blk_status_t status)
 	spin_unlock_irqrestore(&lc->lock, flags);
 }
 
-/* Hand a bio (back) to the device's worker. */
+/*
+ * Hand a bio (back) to the device's worker.  queue_work() under the lock:
+ * a requeued bio is all that keeps the device alive, and once the lock is
+ * dropped the worker may end it and the destructor free lc.
+ */
 static void loop_file_queue(struct loop_c *lc, struct bio *bio)
 {
 	unsigned long flags;
 
 	spin_lock_irqsave(&lc->lock, flags);
 	bio_list_add(&lc->pending, bio);
-	spin_unlock_irqrestore(&lc->lock, flags);
 	queue_work(loop_file_wq, &lc->work);
+	spin_unlock_irqrestore(&lc->lock, flags);
 }
 
+/* The last reference to an asynchronous I/O, maybe in interrupt context. */
 static void loop_io_put(struct loop_io *io)
 {
 	struct bio *bio = dm_bio_from_per_bio_data(io, sizeof(*io));
-	blk_status_t status;
-	bool retry;
 
 	if (!atomic_dec_and_test(&io->ref))
 		return;
-	status = loop_rw_status(io->lc, bio, io->ret, &retry);
-	if (retry)
-		loop_file_queue(io->lc, bio);	/* the rest of a short read */
-	else
-		loop_io_end(io, status);
+	if (io->ret < 0) {
+		loop_io_end(io, errno_to_blk_status(io->ret));
+	} else if (io->ret >= bio->bi_iter.bi_size) {
+		loop_io_end(io, BLK_STS_OK);
+	} else if (op_is_write(bio_op(bio))) {
+		loop_io_end(io, BLK_STS_IOERR);
+	} else {
+		/* A short read: the worker looks at i_size and the rest. */
+		io->requeued = true;
+		loop_file_queue(io->lc, bio);
+	}
 }
 
 static void loop_aio_complete(struct kiocb *iocb, long ret)
@@ -287,8 +302,28 @@ static bool loop_file_can_aio(struct loop_c *lc, struct bio *bio, loff_t pos)
 static void loop_file_one(struct loop_c *lc, struct bio *bio)
 {
 	struct loop_io *io = dm_per_bio_data(bio, sizeof(*io));
-	loff_t pos = loop_bio_pos(lc, bio);
+	loff_t pos;
 
+	if (io->requeued) {
+		blk_status_t status;
+		bool retry;
+
+		io->requeued = false;
+		status = loop_rw_status(lc, bio, io->ret, &io->empty_reads, &retry);
+		if (!retry) {
+			loop_io_end(io, status);
+			return;
+		}
+		/* The rest of the read, not counted as a read again. */
+		pos = loop_bio_pos(lc, bio);
+		if (loop_file_can_aio(lc, bio, pos))
+			loop_file_aio(io, bio, ITER_DEST, pos);
+		else
+			loop_io_end(io, loop_file_rw(lc, bio));
+		return;
+	}
+
+	pos = loop_bio_pos(lc, bio);
 	if (loop_file_can_aio(lc, bio, pos)) {
 		if (op_is_write(bio_op(bio))) {
 			loop_stat_inc(lc, writes);
@@ -340,6 +375,8 @@ int loop_file_map(struct dm_target *ti, struct bio *bio)
 	unsigned long flags;
 
 	io->lc = lc;
+	io->requeued = false;
+	io->empty_reads = 0;
 	spin_lock_irqsave(&lc->lock, flags);
 	lc->inflight++;
 	spin_unlock_irqrestore(&lc->lock, flags);

@@ -34,6 +34,7 @@ static const char * const loop_reason_names[LOOP_REASON_MAX] = {
 	[LOOP_REASON_VERITY]		= "verity",
 	[LOOP_REASON_MMAPPED]		= "mmapped",
 	[LOOP_REASON_CACHE_BUSY]	= "cache_busy",
+	[LOOP_REASON_FROZEN]		= "frozen",
 };
 
 /* ti->error outlives the constructor: these are literals. */
@@ -51,6 +52,7 @@ static char * const loop_require_block_errors[LOOP_REASON_MAX] = {
 	[LOOP_REASON_VERITY]		= "Block mode not possible: file has fs-verity",
 	[LOOP_REASON_MMAPPED]		= "Block mode not possible: file is mapped writable",
 	[LOOP_REASON_CACHE_BUSY]	= "Block mode not possible: page cache cannot be dropped",
+	[LOOP_REASON_FROZEN]		= "Block mode not possible: filesystem is frozen",
 };
 
 /* Filesystems whose ->bmap is known to return 0 for anything unsafe. */
@@ -145,7 +147,11 @@ static void loop_inode_release(struct loop_inode *li)
 	}
 }
 
-/* Pin the file's layout as swapon does (mm/swapfile.c). */
+/*
+ * Pin the file's layout as swapon does (mm/swapfile.c).  Returns 0 for a
+ * new pin, 1 when this device's live table already holds it (a reload),
+ * -EAGAIN when a file-mode table uses the file, else an error.
+ */
 int loop_inode_pin(struct loop_c *lc)
 {
 	struct inode *inode = file_inode(lc->file);
@@ -165,6 +171,7 @@ int loop_inode_pin(struct loop_c *lc)
 			r = -EBUSY;
 		} else {
 			li->pins++;
+			r = 1;
 		}
 		goto out;
 	}
@@ -198,7 +205,7 @@ out_release:
 	loop_inode_release(li);
 out:
 	mutex_unlock(&loop_registry_lock);
-	if (!r)
+	if (r >= 0)
 		lc->pinned = true;
 	return r;
 }
@@ -303,19 +310,24 @@ static LIST_HEAD(loop_contexts);
  * file's disk to the files of the dm-loop targets on that disk, live
  * tables and loaded ones alike, and on down.
  */
+static struct block_device *loop_file_bdev(struct file *file)
+{
+	/* The real inode's, under overlayfs. */
+	return d_real_inode(file->f_path.dentry)->i_sb->s_bdev;
+}
+
 static int loop_check_stack(struct loop_c *lc)
 {
-	struct block_device *bdev = file_inode(lc->file)->i_sb->s_bdev;
+	struct block_device *bdev = loop_file_bdev(lc->file);
 	const struct gendisk *self = dm_disk(lc->md);
 	const struct gendisk *disks[LOOP_MAX_STACK];
 	unsigned int nr = 0, i, j;
 	struct loop_c *c;
 	int r = 0;
 
-	if (!bdev)
-		return 0;
-	disks[nr++] = bdev->bd_disk;
 	mutex_lock(&loop_registry_lock);
+	if (bdev)
+		disks[nr++] = bdev->bd_disk;
 	for (i = 0; i < nr && !r; i++) {
 		if (disks[i] == self) {
 			lc->ti->error = i ? "File is on a dm-loop device stacked on this device" :
@@ -329,7 +341,7 @@ static int loop_check_stack(struct loop_c *lc)
 		list_for_each_entry(c, &loop_contexts, stack_node) {
 			if (dm_disk(c->md) != disks[i])
 				continue;
-			bdev = file_inode(c->file)->i_sb->s_bdev;
+			bdev = loop_file_bdev(c->file);
 			if (!bdev)
 				continue;
 			for (j = 0; j < nr && disks[j] != bdev->bd_disk; j++)
@@ -856,6 +868,22 @@ static int loop_iterate_devices(struct dm_target *ti,
 	return fn(ti, &lc->host_dm_dev, 0, bdev_nr_sectors(lc->host_bdev), data);
 }
 
+/* File mode: the file's disk spins (as loop says: no disk, no spinning). */
+static bool loop_file_rotational(struct loop_c *lc)
+{
+	struct block_device *bdev = file_inode(lc->file)->i_sb->s_bdev;
+
+	return bdev && dmloop_bdev_rotational(bdev);
+}
+
+static void loop_resume(struct dm_target *ti)
+{
+	struct loop_c *lc = ti->private;
+
+	if (lc->mode == LOOP_MODE_FILE)
+		dmloop_file_queue_flags(dm_disk(lc->md)->queue, loop_file_rotational(lc));
+}
+
 static void loop_io_hints(struct dm_target *ti, struct queue_limits *limits)
 {
 	struct loop_c *lc = ti->private;
@@ -869,10 +897,20 @@ static void loop_io_hints(struct dm_target *ti, struct queue_limits *limits)
 		limits->io_min = max(limits->io_min, lc->block_size);
 		return;
 	}
-	/* Direct I/O needs its alignment; buffered I/O takes any sector. */
+	/*
+	 * Direct I/O needs its alignment; buffered I/O takes any sector.  A
+	 * file on a block device keeps at least that device's logical block
+	 * size, which block mode would have: a reload of the same table may
+	 * change the mode, and the device's sector size must not change then.
+	 */
 	if (lc->use_dio)
 		limits->logical_block_size = max_t(unsigned int, limits->logical_block_size,
 						   lc->dio_align);
+	if (file_inode(lc->file)->i_sb->s_bdev)
+		limits->logical_block_size =
+			max_t(unsigned int, limits->logical_block_size,
+			      bdev_logical_block_size(file_inode(lc->file)->i_sb->s_bdev));
+	dmloop_file_limits_features(limits, loop_file_rotational(lc));
 	limits->physical_block_size = max(limits->physical_block_size,
 					  limits->logical_block_size);
 	limits->io_min = max(limits->io_min, lc->block_size);
@@ -897,6 +935,7 @@ static struct target_type loop_target = {
 	.map		 = loop_map,
 	.status		 = loop_status,
 	.message	 = loop_message,
+	.resume		 = loop_resume,
 	.iterate_devices = loop_iterate_devices,
 	.io_hints	 = loop_io_hints,
 };

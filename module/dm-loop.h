@@ -42,6 +42,7 @@ enum loop_reason {
 	LOOP_REASON_VERITY,
 	LOOP_REASON_MMAPPED,
 	LOOP_REASON_CACHE_BUSY,
+	LOOP_REASON_FROZEN,
 	LOOP_REASON_MAX,
 };
 
@@ -112,12 +113,17 @@ struct loop_c {
  * Per-bio data of file mode: its device, and for direct I/O the kiocb it is
  * submitted with (asynchronously, as loop's lo_rw_aio).
  * @ref: the submitting worker and the completion each hold one.
+ * @requeued: a short asynchronous read handed back to the worker, which
+ *	judges @ret (loop_rw_status()) in process context.
+ * @empty_reads: see loop_rw_status().
  */
 struct loop_io {
 	struct loop_c *lc;
 	struct kiocb iocb;
 	atomic_t ref;
 	long ret;
+	bool requeued;
+	u8 empty_reads;
 };
 
 #define loop_stat_inc(lc, field) this_cpu_inc((lc)->stats->field)

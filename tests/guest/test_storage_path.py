@@ -390,19 +390,40 @@ def test_writably_mapped_file_is_not_block_mapped(ext4):
             m.close()
     with loop_device("mapped", img, 4 * MiB):
         assert status_fields("mapped")["mode"] == "block"
+        # Under the pin a new shared mapping can only be read-only; a reload
+        # of the device keeps its block mode (the check is for a new pin).
+        with open(img, "r+b") as f:
+            m = mmap.mmap(f.fileno(), 4 * MiB, mmap.MAP_SHARED, mmap.PROT_READ)
+            try:
+                dmloop.reload("mapped", file_table(img, 4 * MiB))
+                dmloop.resume("mapped")
+                assert status_fields("mapped")["mode"] == "block"
+            finally:
+                m.close()
 
 
 # ------------------------------------------------------------ queue flags
 
-def test_buffered_file_mode_takes_512_byte_sectors(ext4):
-    """no_direct_io: the logical block size is 512 (buffered I/O takes any
-    sector); with direct I/O it is the file's direct I/O alignment."""
+def test_file_mode_queue_says_the_truth(ext4):
+    """File mode's queue: no polling (a polled bio is done by the worker),
+    rotational as the file's disk is, and with no_direct_io the logical
+    block size of the file's disk (512 here), not a direct-I/O alignment.
+    fio with io_uring --hipri (IOPOLL) on it completes and verifies."""
     img = ext4 / "img"
-    dmloop.write_random(img, 4 * MiB, seed=100, fsync=True)
-    with loop_device("lbs", img, 4 * MiB, opts=("force_file", "no_direct_io")) as dev:
-        assert queue_attr(dev, "logical_block_size") == "512"
-        assert dmloop.read_bytes(dev, 512, 512, direct=True) == \
-            dmloop.random_bytes(4 * MiB, 100)[512:1024]
+    dmloop.write_random(img, 16 * MiB, seed=100, fsync=True)
+    host = dmloop.scratch_disk(1)
+    for opts in (("force_file", "no_direct_io"), ("force_file",)):
+        with loop_device("qflags", img, 16 * MiB, opts=opts) as dev:
+            assert queue_attr(dev, "io_poll") == "0", opts
+            assert queue_attr(dev, "rotational") == queue_attr(host, "rotational"), opts
+            assert queue_attr(dev, "logical_block_size") == queue_attr(host, "logical_block_size")
+            assert dmloop.read_bytes(dev, 512, 512, direct=True) == \
+                dmloop.random_bytes(16 * MiB, 100)[512:1024]
+            p = dmloop.run(["fio", "--name=hipri", "--filename=%s" % dev, "--ioengine=io_uring",
+                            "--hipri=1", "--direct=1", "--rw=randwrite", "--bs=4k",
+                            "--iodepth=8", "--size=4M", "--verify=crc32c",
+                            "--output-format=terse"], check=False)
+            assert p.returncode == 0, (opts, p.stdout, p.stderr)
 
 
 def test_block_mode_takes_nowait_reads(ext4):
