@@ -16,8 +16,13 @@ Stacks over one fully written file on ext4 on a scratch disk (/dev/vda):
   file          fio on the file itself, O_DIRECT
 The same single fio process then runs the 2025 dm-devel benchmark (brd
 ramdisk, ext4, 512 MiB file, fio psync, 4 KiB, 16 jobs, mixed read/write)
-over dm-loop (block and file mode), /dev/loop and the file.  CPU time per
-I/O is the whole guest's busy time (kernel workers included) over each
+over dm-loop (block and file mode), /dev/loop and the file.  Last, 4 KiB
+random reads at queue depth 32 through io_uring (O_DIRECT) on dm-linear and
+block mode over the fio phase's file: io_uring submits from the calling
+task with REQ_NOWAIT only when the device takes NOWAIT bios (dm: every
+target has DM_TARGET_NOWAIT), else it hands each read to an io-wq worker,
+which libaio never shows.  CPU time
+per I/O is the whole guest's busy time (kernel workers included) over each
 job's run.
 
 Then setup cost (contiguous and fragmented files, next to filefrag and
@@ -46,6 +51,8 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "tests", "guest"))
 import dmloop  # noqa: E402  (tests/guest/dmloop.py: the fragmenter)
 
+# The module under test (--ko; debug/vm does not pass the host's
+# environment into the guest, so DMLOOP_KO only works from a guest shell).
 KO = os.environ.get("DMLOOP_KO", os.path.join(REPO, "module", "dm-loop.ko"))
 MNT = "/mnt/bench"
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -59,11 +66,13 @@ RW1, RW32 = ("randwrite-4k", "randwrite", "4k", 1), ("randwrite-4k", "randwrite"
 # Quick mode (CI, `make check`): every stack and every target's figure, at
 # queue depth 32 only, 1 s per fio job, setup cost over one contiguous and
 # one fragmented file, scale at N=1000.  Full mode: everything the issue
-# lists.
+# lists.  "uring": the io_uring group's workloads (dm-linear and block mode
+# only, the fio phase's runtime and repetitions).
 MODES = {
     "quick": {
         "file_size": 64 * MiB, "reps": 3, "runtime": 1,
         "workloads": [SEQR32, SEQW32, RR32, RW32],
+        "uring": [RR32],
         "brd_runtime": 1,
         # (size, piece): contiguous, and a piece per extent
         "setup": [(64 * MiB, None), (4 * MiB, 4 * KiB)],
@@ -72,6 +81,7 @@ MODES = {
     "full": {
         "file_size": 1 * GiB, "reps": 3, "runtime": 8,
         "workloads": [SEQR1, SEQR32, SEQW1, SEQW32, RR1, RR32, RW1, RW32],
+        "uring": [RR32],
         "brd_runtime": 10,
         "setup": [(1 * GiB, None), (4 * GiB, None), (16 * GiB, None),
                   (1 * GiB, 4 * KiB), (4 * GiB, 16 * KiB), (16 * GiB, 64 * KiB)],
@@ -313,6 +323,20 @@ def file_stack(img):
     st = Stack("file", lambda: img, lambda: None, img)
     st.img = img
     return st
+
+
+URING_STACKS = ("linear", "dmloop-block")
+
+
+def uring_group(fs_stacks, m):
+    """The io_uring group: dm-linear and block mode over the fio phase's
+    file (new Stack objects: run_fio keys a stack by its group), the fio
+    phase's runtime and repetitions, ioengine=io_uring with O_DIRECT."""
+    stacks = [Stack(st.name, st.up, st.down, st.backing) for st in fs_stacks
+              if st.name in URING_STACKS]
+    return (stacks, m["uring"], m["reps"],
+            {"ioengine": "io_uring", "direct": 1, "runtime": m["runtime"],
+             "size": m["file_size"]})
 
 
 # ------------------------------------------------------------ fio
@@ -701,6 +725,18 @@ def scale(exe, n, disk2, workers=SCALE_WORKERS):
     return rows
 
 
+def module_id(ko):
+    """Which module the run measured: its path and the start of its SHA-1."""
+    import hashlib
+    try:
+        with open(ko, "rb") as f:
+            sha = hashlib.sha1(f.read()).hexdigest()[:12]
+    except OSError:
+        sha = None
+    return {"path": os.path.relpath(ko, REPO) if ko.startswith(REPO + "/") else ko,
+            "sha1": sha}
+
+
 def rows_json(res, group):
     return [{"stack": st, "workload": w, "qd": q, "runs": runs}
             for (g, st, w, q), runs in res.items() if g == group]
@@ -711,8 +747,10 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(REPO, "build", "bench"))
     ap.add_argument("--scale-exe", default=os.path.join(REPO, "build", "bench", "scale"))
-    ap.add_argument("--only", default="fio,brd,setup,scale",
+    ap.add_argument("--only", default="fio,brd,uring,setup,scale",
                     help="comma-separated phases to run (for development)")
+    ap.add_argument("--ko", default=KO, help="the dm-loop module to insmod "
+                    "(default: $DMLOOP_KO or module/dm-loop.ko)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     mode = "quick" if a.quick else "full"
@@ -720,21 +758,25 @@ def main():
     only = set(a.only.split(","))
     t_start = time.monotonic()
 
-    sh(["insmod", KO], check=False)
+    sh(["insmod", a.ko], check=False)
     sh("modprobe loop; modprobe dm-mod", check=False)
     if not os.path.isdir("/sys/module/dm_loop"):
-        sys.exit("bench: dm-loop is not loaded (%s)" % KO)
+        sys.exit("bench: dm-loop is not loaded (%s)" % a.ko)
     disk, disk2 = "/dev/vda", "/dev/vdb"
     size = m["file_size"]
     out = {"kernel": os.uname().release, "mode": mode, "quick": a.quick, "reps": m["reps"],
            "runtime_s": m["runtime"], "brd_runtime_s": m["brd_runtime"], "file_size": size,
            "cpus": os.cpu_count(), "mem_kb": int(open("/proc/meminfo").readline().split()[1]),
-           "fio": [], "brd": [], "setup": [], "scale": [], "complete": False,
+           "module": module_id(a.ko),
+           "fio": [], "brd": [], "uring": [], "setup": [], "scale": [], "complete": False,
            # what the run set out to measure, so that the report can tell
            # a missing row from one never planned
            "plan": {"workloads": ["%s qd%d" % (w[0], w[3]) for w in m["workloads"]]
                     if "fio" in only else [],
-                    "brd": "brd" in only, "setup": len(m["setup"]) if "setup" in only else 0,
+                    "brd": "brd" in only,
+                    "uring": ["%s qd%d" % (w[0], w[3]) for w in m["uring"]]
+                    if "uring" in only else [],
+                    "setup": len(m["setup"]) if "setup" in only else 0,
                     "scale_n": m["scale_n"] if "scale" in only else 0}}
 
     def save():
@@ -759,24 +801,33 @@ def main():
     if "setup" in only:
         with phase("setup"):
             out["setup"] = setup_cost(m["setup"])
+    gi = {}                         # "fio", "brd", "uring" -> index in groups
     with phase("prepare"):
         warm = subprocess.Popen(["fio", "--version"], stdout=subprocess.DEVNULL)
-        if "fio" in only:
+        fs = None
+        if "fio" in only or "uring" in only:
             write_file(img, size)
             log("bench: %.0f s: %s written" % (time.monotonic() - T0, img))
-            groups.append((file_stacks(disk, img, size), m["workloads"], m["reps"],
+            fs = file_stacks(disk, img, size)
+        if "fio" in only:
+            gi["fio"] = len(groups)
+            groups.append((fs, m["workloads"], m["reps"],
                            {"ioengine": "libaio", "direct": 1, "runtime": m["runtime"],
                             "size": size}))
         if "brd" in only:
+            gi["brd"] = len(groups)
             groups.append((brd_prepare(), [("randrw-4k", "randrw", "4k", 1)], m["reps"],
                            {"ioengine": "psync", "direct": 1, "numjobs": 16, "rwmixread": 50,
                             "runtime": m["brd_runtime"], "size": 512 * MiB}))
+        if "uring" in only:         # last: the fio and brd groups keep g0 and g1
+            gi["uring"] = len(groups)
+            groups.append(uring_group(fs, m))
         warm.wait()
     if groups:
         with phase("fio"):
             res = run_fio(groups, disk2)
-            out["fio"] = rows_json(res, 0) if "fio" in only else []
-            out["brd"] = rows_json(res, len(groups) - 1) if "brd" in only else []
+            for name, g in gi.items():
+                out[name] = rows_json(res, g)
         if "brd" in only:
             brd_cleanup()
         sh(["rm", "-f", img], check=False)

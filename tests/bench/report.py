@@ -11,7 +11,8 @@ stacks ran minutes apart at most, in the same boot), with its range.
 A stack that failed is listed as FAILED, never as a zero row.
 
 --junit FILE also writes a JUnit report for `make check` (debug/summary):
-one case per stack of each fio group, per setup and scale phase, and one
+one case per stack of each fio group (fio, brd, io_uring), per setup and
+scale phase, and one
 for the VM run (--vm-exit: debug/vm's exit status, 90 a kernel fault, 91 a
 timeout).  A case fails only when the benchmark broke (an error, a missing
 row or repetition); the targets' verdicts are in its output, never a
@@ -26,6 +27,8 @@ import xml.etree.ElementTree as ET
 
 FS_STACKS = ["linear", "dmloop-block", "dmloop-dio", "dmloop-buf", "loop-buf", "loop-dio", "file"]
 BRD_STACKS = ["dmloop-block", "dmloop-dio", "loop-buf", "loop-dio", "file"]
+URING_STACKS = ["linear", "dmloop-block"]
+URING_ENGINE = "io_uring"
 SCALE_KINDS = ["linear", "loop", "losetup"]
 VM_EXITS = {90: "kernel fault in the guest log", 91: "guest timed out",
             92: "guest failed to boot or died"}
@@ -70,6 +73,23 @@ def fio_rows(entries, refs):
             row["x " + ref] = fmt_ratio(ratio(runs, by.get((ref, wl, qd))))
         rows.append(row)
     return rows, by
+
+
+def uring_rows(entries):
+    """The io_uring group's rows (dm-linear and block mode), named
+    "WORKLOAD qdN io_uring", with block mode's ratio to dm-linear; and
+    [(workload, qd, per-repetition ratios, ratio)] for the text under the
+    table."""
+    rows, by = fio_rows(entries, ("linear",))
+    for r in rows:
+        r["workload"] = "%s qd%d %s" % (r["workload"], r.pop("qd"), URING_ENGINE)
+    per_rep = []
+    for (st, wl, qd), runs in sorted(by.items()):
+        ref = by.get(("linear", wl, qd))
+        if st == "dmloop-block" and ref:
+            per_rep.append((wl, qd, [a["mib_s"] / b["mib_s"] for a, b in zip(runs, ref)
+                                     if b["mib_s"] > 0], ratio(runs, ref)))
+    return rows, per_rep
 
 
 def md_table(rows, keys=None):
@@ -157,6 +177,7 @@ def report(out, plot=True):
     for r in brd_rows:
         r.pop("workload")
         r.pop("qd")
+    ur_rows, ur_ratios = uring_rows(raw.get("uring", []))
 
     mib = raw.get("file_size", 0) >> 20
     text = ("# dm-loop benchmark (%s mode)\n\nkernel %s, %d CPUs, %d MiB, QEMU TCG; "
@@ -164,6 +185,9 @@ def report(out, plot=True):
                 raw.get("mode", "quick" if raw.get("quick") else "full"), raw["kernel"],
                 raw.get("cpus", 0), raw.get("mem_kb", 0) >> 10, raw["reps"],
                 raw.get("runtime_s", "?")))
+    if raw.get("module"):
+        text += "Module %s (SHA-1 %s).\n" % (raw["module"].get("path"),
+                                             raw["module"].get("sha1"))
     if not raw.get("complete", True):
         text += "\n**Incomplete run: only these phases finished: %s.**\n" % (
             ", ".join(raw.get("phases_s", {})) or "none")
@@ -176,6 +200,15 @@ def report(out, plot=True):
     text += ("\n## brd benchmark (ext4 on brd, 512 MiB file, fio psync 4 KiB, 16 jobs, "
              "randrw 50/50, O_DIRECT, %s s)\n\n" % raw.get("brd_runtime_s", "?") +
              md_table(brd_rows))
+    if ur_rows or (raw.get("plan") or {}).get("uring"):
+        text += ("\n## io_uring over the same %d MiB file (fio ioengine=io_uring, O_DIRECT): "
+                 "block mode next to dm-linear\n\n"
+                 "MiB/s median (min, max); x linear: median of the per-repetition ratios. "
+                 "io_uring hands each read to an io-wq worker when the device does not take "
+                 "REQ_NOWAIT bios.\n\n" % mib + md_table(ur_rows))
+        for wl, qd, v, r in ur_ratios:
+            text += ("\nblock/linear, %s qd%d %s: %.2f (per repetition %s).\n" % (
+                wl, qd, URING_ENGINE, r[0], ", ".join("%.2f" % x for x in v)))
     text += "\n## Setup cost (block mode, require_block; losetup is LOOP_CONFIGURE)\n\n"
     text += md_table(raw.get("setup", []))
     text += "\n## Scale (tests/bench/scale: N devices from one program)\n\n"
@@ -205,6 +238,8 @@ def report(out, plot=True):
             w.writerow(dict(r, bench="file"))
         for r in brd_rows:
             w.writerow(dict(r, bench="brd", workload="randrw-4k", qd=1))
+        for e, r in zip(sorted_entries(raw.get("uring", [])), ur_rows):
+            w.writerow(dict(r, bench=URING_ENGINE, workload=e["workload"], qd=e["qd"]))
     for name in ("setup", "scale"):
         data = raw.get(name) or []
         with open(os.path.join(out, "bench-%s.csv" % name), "w", newline="") as f:
@@ -213,7 +248,7 @@ def report(out, plot=True):
             w.writerows(data)
     print(text)
     if plot:
-        plots(out, raw, rows, brd_rows)
+        plots(out, raw, rows, brd_rows, ur_rows)
     return 1 if raw.get("errors") or not raw.get("complete", True) else 0
 
 
@@ -262,6 +297,9 @@ def junit_cases(raw, vm_exit):
     if plan.get("brd"):
         group("brd", 1 if plan.get("workloads") else 0, BRD_STACKS, raw.get("brd", []),
               ["randrw-4k qd1"])
+    if plan.get("uring"):           # bench.py's last group
+        group("uring", bool(plan.get("workloads")) + bool(plan.get("brd")), URING_STACKS,
+              raw.get("uring", []), plan["uring"])
     if plan.get("setup"):
         n = len(raw.get("setup", []))
         err = errs("setup")
@@ -320,7 +358,14 @@ def main():
     return rc
 
 
-def plots(out, raw, rows, brd_rows):
+def sorted_entries(entries):
+    """entries in fio_rows' order (its rows, one per entry)."""
+    order = {s: i for i, s in enumerate(FS_STACKS)}
+    return sorted(entries, key=lambda e: (e["workload"], e["qd"], order.get(e["stack"], 99),
+                                          e["stack"]))
+
+
+def plots(out, raw, rows, brd_rows, ur_rows=()):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -332,6 +377,8 @@ def plots(out, raw, rows, brd_rows):
               for wl, qd in sorted({(r["workload"], r["qd"]) for r in rows})]
     if brd_rows:
         groups.append(("brd-randrw-4k", brd_rows))
+    for wl in sorted({r["workload"] for r in ur_rows}):
+        groups.append((wl.replace(" ", "-"), [r for r in ur_rows if r["workload"] == wl]))
     for name, sel in groups:
         fig, ax = plt.subplots(figsize=(7, 3.5))
         ax.bar([r["stack"] for r in sel], [r["MiB/s"] for r in sel],

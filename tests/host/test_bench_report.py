@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0
 """make bench's host half, without a VM: report.py over results recorded
-from a real bench-quick run (fixtures/bench/raw-quick.json), and bench.py's
-fio driver failing a stack loudly instead of leaving a zero row."""
+from a real bench-quick run (fixtures/bench/raw-quick.json, plus made-up rows for the io_uring group
+it predates), and bench.py's fio driver failing a stack loudly instead of
+leaving a zero row."""
 import csv
 import json
 import re
@@ -269,3 +270,91 @@ def test_bench_switches_once_per_stack_and_repetition(tmp_path, monkeypatch):
     assert not bench.ERRORS
     assert sorted(ups) == ["a"] * 4 + ["b"] * 4
     assert len(res) == 6 and all(len(runs) == 2 for runs in res.values())
+
+
+def with_uring(raw, block=(44.0, 50.0, 52.0), linear=(50.0, 55.0, 60.0)):
+    """raw plus the io_uring group's rows (dm-linear and block mode, 4 KiB
+    random read at queue depth 32), as bench.py writes them; the recorded
+    run predates the group."""
+    raw = json.loads(json.dumps(raw))
+
+    def runs(v):
+        return [{"mib_s": x, "iops": x * 256, "cpu_us_per_io": 30.0 + x / 10} for x in v]
+    raw["plan"]["uring"] = ["randread-4k qd32"]
+    raw["uring"] = [{"stack": "dmloop-block", "workload": "randread-4k", "qd": 32,
+                     "runs": runs(block)},
+                    {"stack": "linear", "workload": "randread-4k", "qd": 32,
+                     "runs": runs(linear)}]
+    raw["module"] = {"path": "module/dm-loop.ko", "sha1": "0123456789ab"}
+    return raw
+
+
+def test_uring_row_has_the_block_over_linear_ratio(tmp_path, raw):
+    raw = with_uring(raw)
+    p = run_report(tmp_path, raw)
+    assert p.returncode == 0, p.stderr
+    md = (tmp_path / "bench.md").read_text()
+    sec = md.split("## io_uring", 1)[1].split("\n## ", 1)[0]
+    assert "ioengine=io_uring" in sec
+    block = [l for l in sec.splitlines()
+             if l.startswith("| randread-4k qd32 io_uring | dmloop-block |")]
+    linear = [l for l in sec.splitlines() if l.startswith("| randread-4k qd32 io_uring | linear |")]
+    assert len(block) == 1 and len(linear) == 1, sec
+    want = statistics.median([44 / 50, 50 / 55, 52 / 60])
+    assert block[0].rstrip(" |").endswith("| %.2f" % want)
+    assert linear[0].rstrip(" |").endswith("| 1.00")
+    assert "block/linear, randread-4k qd32 io_uring: %.2f (per repetition 0.88, 0.91, 0.87)" \
+        % want in sec
+    assert "0123456789ab" in md
+    # the libaio table and its targets are untouched by the new group
+    base = tmp_path / "base"
+    base.mkdir()
+    assert run_report(base, json.loads(RAW.read_text())).returncode == 0
+    old = (base / "bench.md").read_text()
+    assert md.split("## io_uring")[0].replace(
+        "Module module/dm-loop.ko (SHA-1 0123456789ab).\n", "") == old.split("## Setup cost")[0]
+    assert md.split("## Targets")[1] == old.split("## Targets")[1]
+    rows = read_csv(tmp_path / "bench.csv")
+    ur = {r["stack"]: r for r in rows if r["bench"] == "io_uring"}
+    assert set(ur) == {"linear", "dmloop-block"}
+    assert (ur["dmloop-block"]["workload"], ur["dmloop-block"]["qd"]) == ("randread-4k", "32")
+    assert float(ur["dmloop-block"]["MiB/s"]) == 50.0
+    assert float(ur["dmloop-block"]["x linear"]) == pytest.approx(want, abs=0.006)
+    assert len([r for r in rows if r["bench"] == "file"]) == len(raw["fio"])
+
+
+def test_junit_counts_the_uring_stacks(tmp_path, raw):
+    rc, cases = junit(tmp_path, with_uring(raw))
+    assert rc == 0, cases
+    assert cases["uring[linear]"] is None and cases["uring[dmloop-block]"] is None
+    broken = with_uring(raw)
+    broken["uring"] = [e for e in broken["uring"] if e["stack"] != "dmloop-block"]
+    broken["errors"] = ["g2-dmloop-block: fio job j9: error 95, 0 I/Os"]
+    (tmp_path / "b").mkdir()
+    rc, cases = junit(tmp_path / "b", broken)
+    assert rc == 1
+    assert "error 95" in cases["uring[dmloop-block]"]
+    assert [c for c, f in cases.items() if f] == ["uring[dmloop-block]"]
+    md = (tmp_path / "b" / "bench.md").read_text()
+    assert "| randread-4k qd32 io_uring | dmloop-block |" not in md
+
+
+def test_bench_plans_the_uring_group_in_both_modes():
+    """Both modes: 4 KiB random read at queue depth 32 through io_uring with
+    O_DIRECT, dm-linear and block mode only, with the mode's fio runtime and
+    repetitions (1 s jobs in quick mode), over new Stack objects that share
+    the fio group's set-up (run_fio keys a stack by its group)."""
+    sys.path.insert(0, str(REPO / "tests" / "bench"))
+    import bench
+    for mode, m in bench.MODES.items():
+        fs = [bench.Stack(n, (lambda n=n: n), lambda: None, None) for n in (
+            "linear", "dmloop-block", "dmloop-dio", "dmloop-buf", "loop-buf", "loop-dio", "file")]
+        stacks, wl, reps, opts = bench.uring_group(fs, m)
+        assert [s.name for s in stacks] == ["linear", "dmloop-block"], mode
+        assert all(s not in fs for s in stacks)
+        assert [s.up() for s in stacks] == ["linear", "dmloop-block"]
+        assert wl == [("randread-4k", "randread", "4k", 32)], mode
+        assert reps == m["reps"]
+        assert opts["ioengine"] == "io_uring" and opts["direct"] == 1
+        assert opts["runtime"] == m["runtime"] and opts["size"] == m["file_size"]
+    assert bench.MODES["quick"]["runtime"] == 1
