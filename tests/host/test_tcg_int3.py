@@ -218,9 +218,9 @@ def inject_cmd(snippet_file, marker, again):
     """A guest command for two runs, told apart by `marker` (a file in the
     shared repository): the first injects the flake and waits to be killed;
     the second exits 0 at once, after injecting the flake again if `again`."""
-    second = (INJECT if again else "") + "; exit 0"
-    script = ('if [ -e "$2" ]; then %s; fi; touch "$2"; %s; sleep 120; exit 0'
-              % (second, INJECT))
+    inject = INJECT.strip("\n")
+    script = "\n".join(['if [ -e "$2" ]; then', inject if again else "true", "exit 0", "fi",
+                        'touch "$2"', inject, "sleep 120", "exit 0"])
     return ["--", "bash", "-c", script, "inject", str(snippet_file), str(marker)]
 
 
