@@ -35,9 +35,11 @@ static inline ssize_t dmloop_vfs_iter_write(struct file *file,
  * mode): at most what a bio's 32-bit bi_size holds.  6.1's
  * __blkdev_issue_write_zeroes() stores max_write_zeroes_sectors << 9 in
  * bi_size without a cap of its own, so the stacking default UINT_MAX
- * wraps and a zeroout of more than 4 GiB zeroes only part of the range;
- * later kernels cap it themselves, where this is the same limit again.
- * __blkdev_issue_discard() caps discards itself in all of them.
+ * wraps and a zeroout of more than 4 GiB zeroes only part of the range.
+ * 6.12 caps each bio itself (bio_write_zeroes_limit()), and newer kernels
+ * refuse a table whose write-zeroes limit differs from its unmap-zeroes
+ * limit, so there the stacking default stays.  __blkdev_issue_discard()
+ * caps discards itself in all of them.
  */
 static inline void dmloop_set_discard_limits(struct queue_limits *limits,
 					     unsigned int granularity)
@@ -45,11 +47,13 @@ static inline void dmloop_set_discard_limits(struct queue_limits *limits,
 	limits->discard_granularity = granularity;
 	limits->max_hw_discard_sectors = UINT_MAX >> SECTOR_SHIFT;
 	limits->max_discard_sectors = UINT_MAX >> SECTOR_SHIFT;
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 12, 0)
 	/* Whole logical blocks, so that every piece but the last is aligned. */
 	limits->max_write_zeroes_sectors =
 		min_t(unsigned int, limits->max_write_zeroes_sectors,
 		      round_down(UINT_MAX >> SECTOR_SHIFT,
 				 limits->logical_block_size >> SECTOR_SHIFT));
+#endif
 }
 
 /* Whether a block device spins (7.0 turned bdev_nonrot() into bdev_rot()). */
