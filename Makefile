@@ -194,7 +194,7 @@ DEBUG_SUBSET ?= \
 	$(G)/test_file_mode.py::test_discard_and_write_zeroes[ext4-sparse] \
 	$(G)/test_faults.py::test_partly_failed_read_is_an_error[file_buffered] \
 	$(G)/test_storage_path.py::test_remove_overtakes_bio_endio \
-	$(G)/test_storage_path.py::test_device_cannot_map_itself[plain] \
+	$(G)/test_storage_path.py::test_device_cannot_map_itself \
 	$(G)/test_storage_path.py::test_file_shared_by_file_mode_devices
 
 check: deps checkpatch

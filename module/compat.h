@@ -48,11 +48,13 @@ static inline void dmloop_set_discard_limits(struct queue_limits *limits,
 	limits->max_hw_discard_sectors = UINT_MAX >> SECTOR_SHIFT;
 	limits->max_discard_sectors = UINT_MAX >> SECTOR_SHIFT;
 #if LINUX_VERSION_CODE < KERNEL_VERSION(6, 12, 0)
-	/* Whole logical blocks, so that every piece but the last is aligned. */
+	/*
+	 * Whole pages, so that every piece but the last is aligned to any
+	 * logical block size the table may stack up to.
+	 */
 	limits->max_write_zeroes_sectors =
 		min_t(unsigned int, limits->max_write_zeroes_sectors,
-		      round_down(UINT_MAX >> SECTOR_SHIFT,
-				 limits->logical_block_size >> SECTOR_SHIFT));
+		      round_down(UINT_MAX >> SECTOR_SHIFT, PAGE_SIZE >> SECTOR_SHIFT));
 #endif
 }
 
@@ -71,10 +73,13 @@ static inline bool dmloop_bdev_rotational(struct block_device *bdev)
  * pollable (all of no devices poll) and non-rotational (none spins).
  * Neither is true: a polled bio of file mode is done by the worker, and a
  * file on a spinning disk is on a spinning disk.  Since 6.10 both are
- * queue limits features, which io_hints sets; before, they are queue
+ * queue limits features, which io_hints sets.  Before, they are queue
  * flags that dm_table_set_restrictions() sets after io_hints, so the
- * target's resume (run after them, the device still suspended) corrects
- * them.
+ * target's resume (after them, the device still suspended) clears
+ * QUEUE_FLAG_NONROT.  Not QUEUE_FLAG_POLL: a submitter tests it outside
+ * dm's suspend, and a bio dm takes as polled after the flag was cleared
+ * would wait for a dm_poll_bio() that bio_poll() no longer calls.  On 6.1
+ * polled I/O of file mode works, busy-polled, and io_poll says 1.
  */
 #if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 10, 0)
 static inline void dmloop_file_limits_features(struct queue_limits *limits,
@@ -96,7 +101,6 @@ static inline void dmloop_file_limits_features(struct queue_limits *limits,
 
 static inline void dmloop_file_queue_flags(struct request_queue *q, bool rotational)
 {
-	blk_queue_flag_clear(QUEUE_FLAG_POLL, q);
 	if (rotational)
 		blk_queue_flag_clear(QUEUE_FLAG_NONROT, q);
 }

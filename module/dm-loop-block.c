@@ -121,7 +121,7 @@ int loop_block_setup(struct loop_c *lc)
 	struct inode *inode = file_inode(lc->file);
 	struct address_space *mapping = lc->file->f_mapping;
 	struct loop_extent_buf buf = {};
-	bool reloading;
+	bool reloading, frozen;
 	int r;
 
 	lc->host_bdev = inode->i_sb->s_bdev;
@@ -155,12 +155,15 @@ int loop_block_setup(struct loop_c *lc)
 	 * sb_start_write(), which sleeps while the filesystem is frozen) is
 	 * the window swapon has too; a frozen filesystem gives file mode.
 	 */
+	r = 1;
+	frozen = READ_ONCE(inode->i_sb->s_writers.frozen) != SB_UNFROZEN;
 	inode_lock(inode);
 	filemap_invalidate_lock(mapping);
 	filemap_invalidate_unlock(mapping);
 	inode_unlock(inode);
-	r = 1;
-	if (!reloading && inode->i_sb->s_writers.frozen != SB_UNFROZEN) {
+	/* Frozen before the barrier or after: a thaw may have let one in. */
+	frozen |= READ_ONCE(inode->i_sb->s_writers.frozen) != SB_UNFROZEN;
+	if (!reloading && frozen) {
 		lc->reason = LOOP_REASON_FROZEN;
 		goto bad;
 	}

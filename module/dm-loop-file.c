@@ -101,11 +101,18 @@ static blk_status_t loop_rw_status(struct loop_c *lc, struct bio *bio,
 		return BLK_STS_OK;
 	if (op_is_write(bio_op(bio)))
 		return BLK_STS_IOERR;
-	bio_advance(bio, ret);
-	if (loop_bio_pos(lc, bio) >= i_size_read(file_inode(lc->file))) {
+	if (loop_bio_pos(lc, bio) + ret >= i_size_read(file_inode(lc->file))) {
+		bio_advance(bio, ret);
 		zero_fill_bio(bio);
 		return BLK_STS_OK;
 	}
+	/*
+	 * bio_advance() moves bi_sector by whole sectors only, and the next
+	 * read's position comes from bi_sector: advance by whole sectors and
+	 * read the tail again.
+	 */
+	ret = round_down(ret, SECTOR_SIZE);
+	bio_advance(bio, ret);
 	if (ret)
 		*empty_reads = 1;
 	else if ((*empty_reads)++)
@@ -115,14 +122,13 @@ static blk_status_t loop_rw_status(struct loop_c *lc, struct bio *bio,
 }
 
 /* Synchronous I/O: buffered, and direct I/O that must be stable (FUA). */
-static blk_status_t loop_file_rw(struct loop_c *lc, struct bio *bio)
+static blk_status_t loop_file_rw(struct loop_c *lc, struct bio *bio, u8 *empty_reads)
 {
 	unsigned int dir = op_is_write(bio_op(bio)) ? ITER_SOURCE : ITER_DEST;
 	unsigned int size = bio->bi_iter.bi_size;
 	loff_t start = loop_bio_pos(lc, bio);
 	struct iov_iter iter;
 	blk_status_t status;
-	u8 empty_reads = 0;
 	bool retry;
 	ssize_t ret;
 
@@ -140,7 +146,7 @@ static blk_status_t loop_file_rw(struct loop_c *lc, struct bio *bio)
 			else
 				ret = dmloop_vfs_iter_write(lc->file, &iter, &pos);
 		}
-		status = loop_rw_status(lc, bio, ret, &empty_reads, &retry);
+		status = loop_rw_status(lc, bio, ret, empty_reads, &retry);
 	} while (retry);
 	if (status || !(bio->bi_opf & REQ_FUA))
 		return status;
@@ -162,17 +168,19 @@ static blk_status_t loop_file_fallocate(struct loop_c *lc, struct bio *bio, int 
 
 static blk_status_t loop_file_do(struct loop_c *lc, struct bio *bio)
 {
+	struct loop_io *io = dm_per_bio_data(bio, sizeof(*io));
+
 	switch (bio_op(bio)) {
 	case REQ_OP_READ:
 		loop_stat_inc(lc, reads);
-		return loop_file_rw(lc, bio);
+		return loop_file_rw(lc, bio, &io->empty_reads);
 	case REQ_OP_WRITE:
 		if (!bio_sectors(bio)) {
 			loop_stat_inc(lc, flushes);
 			return errno_to_blk_status(vfs_fsync(lc->file, 0));
 		}
 		loop_stat_inc(lc, writes);
-		return loop_file_rw(lc, bio);
+		return loop_file_rw(lc, bio, &io->empty_reads);
 	case REQ_OP_DISCARD:
 		loop_stat_inc(lc, discards);
 		return loop_file_fallocate(lc, bio, FALLOC_FL_PUNCH_HOLE);
@@ -319,7 +327,7 @@ static void loop_file_one(struct loop_c *lc, struct bio *bio)
 		if (loop_file_can_aio(lc, bio, pos))
 			loop_file_aio(io, bio, ITER_DEST, pos);
 		else
-			loop_io_end(io, loop_file_rw(lc, bio));
+			loop_io_end(io, loop_file_rw(lc, bio, &io->empty_reads));
 		return;
 	}
 

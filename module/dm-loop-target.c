@@ -871,7 +871,7 @@ static int loop_iterate_devices(struct dm_target *ti,
 /* File mode: the file's disk spins (as loop says: no disk, no spinning). */
 static bool loop_file_rotational(struct loop_c *lc)
 {
-	struct block_device *bdev = file_inode(lc->file)->i_sb->s_bdev;
+	struct block_device *bdev = loop_file_bdev(lc->file);
 
 	return bdev && dmloop_bdev_rotational(bdev);
 }
@@ -906,10 +906,10 @@ static void loop_io_hints(struct dm_target *ti, struct queue_limits *limits)
 	if (lc->use_dio)
 		limits->logical_block_size = max_t(unsigned int, limits->logical_block_size,
 						   lc->dio_align);
-	if (file_inode(lc->file)->i_sb->s_bdev)
+	if (loop_file_bdev(lc->file))
 		limits->logical_block_size =
 			max_t(unsigned int, limits->logical_block_size,
-			      bdev_logical_block_size(file_inode(lc->file)->i_sb->s_bdev));
+			      bdev_logical_block_size(loop_file_bdev(lc->file)));
 	dmloop_file_limits_features(limits, loop_file_rotational(lc));
 	limits->physical_block_size = max(limits->physical_block_size,
 					  limits->logical_block_size);

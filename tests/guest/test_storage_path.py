@@ -240,35 +240,35 @@ def _refused_reload(name, table):
     return p.stderr
 
 
-@pytest.mark.parametrize("opts", [(), ("force_file",)], ids=["plain", "force_file"])
-def test_device_cannot_map_itself(ext4, opts):
+def test_device_cannot_map_itself(ext4):
     """A over a file on the host, ext4 on A, a file g on it: a table for A
-    over g is refused; and A over a file on B where B is over a file on A."""
+    over g is refused (plain and force_file); and A over a file on B where
+    B is over a file on A.  What is no cycle (B over another file on A)
+    still loads, and A keeps working."""
     size_a, size_b = 96 * MiB, 32 * MiB
     host = ext4 / "a.img"
     dmloop.write_random(host, size_a, seed=94, fsync=True)
     with loop_device("selfa", host, size_a) as a, \
             dmloop.mounted_fs("ext4", dev=str(a), mkfs_args=("-O", "^has_journal")) as mpa:
-        g = mpa / "g"
+        g, g2 = mpa / "g", mpa / "g2"
         dmloop.write_random(g, size_b, seed=95, fsync=True)
-        pos = dmloop.kmsg_pos()
-        _refused_reload("selfa", file_table(g, size_b, opts=opts))
-        log = "\n".join(dmloop.kmsg_since(pos))
-        assert "File is on a filesystem on this device" in log, log
+        dmloop.write_random(g2, size_b, seed=97, fsync=True)
+        for opts in ((), ("force_file",)):
+            pos = dmloop.kmsg_pos()
+            _refused_reload("selfa", file_table(g, size_b, opts=opts))
+            log = "\n".join(dmloop.kmsg_since(pos))
+            assert "File is on a filesystem on this device" in log, log
         with loop_device("selfb", g, size_b) as b, \
                 dmloop.mounted_fs("ext4", dev=str(b), mkfs_args=("-O", "^has_journal")) as mpb:
             h = mpb / "h"
             dmloop.write_random(h, 8 * MiB, seed=96, fsync=True)
-            pos = dmloop.kmsg_pos()
-            _refused_reload("selfa", file_table(h, 8 * MiB, opts=opts))
-            log = "\n".join(dmloop.kmsg_since(pos))
-            assert "dm-loop device stacked on this device" in log, log
-            # What is not a cycle still loads: B over another file on A.
-            g2 = mpa / "g2"
-            dmloop.write_random(g2, size_b, seed=97, fsync=True)
-            dmloop.reload("selfb", file_table(g2, size_b, opts=opts))
-            dmloop.dmsetup("clear", "selfb")
-        # A still works after the refusals.
+            for opts in ((), ("force_file",)):
+                pos = dmloop.kmsg_pos()
+                _refused_reload("selfa", file_table(h, 8 * MiB, opts=opts))
+                log = "\n".join(dmloop.kmsg_since(pos))
+                assert "dm-loop device stacked on this device" in log, log
+                dmloop.reload("selfb", file_table(g2, size_b, opts=opts))
+                dmloop.dmsetup("clear", "selfb")
         marker = mpa / "marker"
         dmloop.write_random(marker, MiB, seed=98, fsync=True)
         dmloop.drop_caches()
@@ -359,9 +359,9 @@ def test_pin_races_hole_punch(ext4):
     t.start()
     block = 0
     try:
-        deadline = time.monotonic() + 40
-        for _ in range(200):
-            if block >= 20 or time.monotonic() > deadline:
+        deadline = time.monotonic() + 15
+        for _ in range(100):
+            if block >= 10 or time.monotonic() > deadline:
                 break
             dmloop.create("pinrace", file_table(img, size))
             try:
@@ -408,16 +408,19 @@ def test_writably_mapped_file_is_not_block_mapped(ext4):
 # ------------------------------------------------------------ queue flags
 
 def test_file_mode_queue_says_the_truth(ext4):
-    """File mode's queue: no polling (a polled bio is done by the worker),
+    """File mode's queue: no polling from 6.10 on (a polled bio is done by
+    the worker; 6.1 sets the flag where a target cannot clear it safely),
     rotational as the file's disk is, and with no_direct_io the logical
     block size of the file's disk (512 here), not a direct-I/O alignment.
-    fio with io_uring --hipri (IOPOLL) on it completes and verifies."""
+    fio with io_uring --hipri (IOPOLL) on it completes and verifies (6.1),
+    or is refused as unsupported (newer kernels)."""
     img = ext4 / "img"
     dmloop.write_random(img, 16 * MiB, seed=100, fsync=True)
     host = dmloop.scratch_disk(1)
     for opts in (("force_file", "no_direct_io"), ("force_file",)):
         with loop_device("qflags", img, 16 * MiB, opts=opts) as dev:
-            assert queue_attr(dev, "io_poll") == "0", opts
+            if kernel_at_least(6, 10):      # 6.1: see dm-loop.rst, I/O semantics
+                assert queue_attr(dev, "io_poll") == "0", opts
             assert queue_attr(dev, "rotational") == queue_attr(host, "rotational"), opts
             assert queue_attr(dev, "logical_block_size") == queue_attr(host, "logical_block_size")
             assert dmloop.read_bytes(dev, 512, 512, direct=True) == \
@@ -426,7 +429,11 @@ def test_file_mode_queue_says_the_truth(ext4):
                             "--hipri=1", "--direct=1", "--rw=randwrite", "--bs=4k",
                             "--iodepth=8", "--size=4M", "--verify=crc32c",
                             "--output-format=terse"], check=False)
-            assert p.returncode == 0, (opts, p.stdout, p.stderr)
+            # 6.1 completes polled I/O on a queue that does not poll; newer
+            # kernels refuse it (EOPNOTSUPP), as they do on /dev/loop.
+            out = p.stdout + p.stderr
+            assert p.returncode == 0 or ("Operation not supported" in out and
+                                         "verify" not in out), (opts, out)
 
 
 def test_block_mode_takes_nowait_reads(ext4):
