@@ -427,7 +427,7 @@ def test_file_mode_queue_says_the_truth(ext4):
                 dmloop.random_bytes(16 * MiB, 100)[512:1024]
             p = dmloop.run(["fio", "--name=hipri", "--filename=%s" % dev, "--ioengine=io_uring",
                             "--hipri=1", "--direct=1", "--rw=randwrite", "--bs=4k",
-                            "--iodepth=8", "--size=4M", "--verify=crc32c",
+                            "--iodepth=8", "--offset=8M", "--size=4M", "--verify=crc32c",
                             "--output-format=terse"], check=False)
             # 6.1 completes polled I/O on a queue that does not poll; newer
             # kernels refuse it (EOPNOTSUPP), as they do on /dev/loop.
