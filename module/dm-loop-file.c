@@ -222,15 +222,18 @@ static void loop_io_end(struct loop_io *io, blk_status_t status)
 }
 
 /*
- * Hand a bio (back) to the device's worker.  queue_work() under the lock:
- * a requeued bio is all that keeps the device alive, and once the lock is
- * dropped the worker may end it and the destructor free lc.
+ * Hand a bio to the device's worker: a new one (@new counts it in flight)
+ * or one back from a short read.  queue_work() under the lock: a requeued
+ * bio is all that keeps the device alive, and once the lock is dropped the
+ * worker may end it and the destructor free lc.
  */
-static void loop_file_queue(struct loop_c *lc, struct bio *bio)
+static void loop_file_queue(struct loop_c *lc, struct bio *bio, bool new)
 {
 	unsigned long flags;
 
 	spin_lock_irqsave(&lc->lock, flags);
+	if (new)
+		lc->inflight++;
 	bio_list_add(&lc->pending, bio);
 	queue_work(loop_file_wq, &lc->work);
 	spin_unlock_irqrestore(&lc->lock, flags);
@@ -252,7 +255,7 @@ static void loop_io_put(struct loop_io *io)
 	} else {
 		/* A short read: the worker looks at i_size and the rest. */
 		io->requeued = true;
-		loop_file_queue(io->lc, bio);
+		loop_file_queue(io->lc, bio, false);
 	}
 }
 
@@ -380,15 +383,11 @@ int loop_file_map(struct dm_target *ti, struct bio *bio)
 {
 	struct loop_c *lc = ti->private;
 	struct loop_io *io = dm_per_bio_data(bio, sizeof(*io));
-	unsigned long flags;
 
 	io->lc = lc;
 	io->requeued = false;
 	io->empty_reads = 0;
-	spin_lock_irqsave(&lc->lock, flags);
-	lc->inflight++;
-	spin_unlock_irqrestore(&lc->lock, flags);
-	loop_file_queue(lc, bio);
+	loop_file_queue(lc, bio, true);
 	return DM_MAPIO_SUBMITTED;
 }
 

@@ -302,20 +302,22 @@ static LIST_HEAD(loop_contexts);
 /* How many distinct devices loop_check_stack() follows down a stack. */
 #define LOOP_MAX_STACK 16
 
+/* The disk of the file's filesystem: the real inode's, under overlayfs. */
+static struct block_device *loop_file_bdev(struct file *file)
+{
+	return d_real_inode(file->f_path.dentry)->i_sb->s_bdev;
+}
+
 /*
  * Refuse a file whose filesystem sits on this very device, directly or
  * through dm-loop devices below it (loop.c's loop_validate_file() is the
  * model): each bio would come back to the device, forever in block mode,
  * to a worker waiting on itself in file mode.  The walk goes from the
  * file's disk to the files of the dm-loop targets on that disk, live
- * tables and loaded ones alike, and on down.
+ * tables and loaded ones alike, and on down.  A table that passes joins
+ * loop_contexts in the same critical section, so that two tables loaded
+ * at once each see the other.
  */
-static struct block_device *loop_file_bdev(struct file *file)
-{
-	/* The real inode's, under overlayfs. */
-	return d_real_inode(file->f_path.dentry)->i_sb->s_bdev;
-}
-
 static int loop_check_stack(struct loop_c *lc)
 {
 	struct block_device *bdev = loop_file_bdev(lc->file);
@@ -887,6 +889,7 @@ static void loop_resume(struct dm_target *ti)
 static void loop_io_hints(struct dm_target *ti, struct queue_limits *limits)
 {
 	struct loop_c *lc = ti->private;
+	struct block_device *bdev;
 
 	if (lc->mode == LOOP_MODE_BLOCK) {
 		limits->logical_block_size =
@@ -906,10 +909,10 @@ static void loop_io_hints(struct dm_target *ti, struct queue_limits *limits)
 	if (lc->use_dio)
 		limits->logical_block_size = max_t(unsigned int, limits->logical_block_size,
 						   lc->dio_align);
-	if (loop_file_bdev(lc->file))
-		limits->logical_block_size =
-			max_t(unsigned int, limits->logical_block_size,
-			      bdev_logical_block_size(loop_file_bdev(lc->file)));
+	bdev = loop_file_bdev(lc->file);
+	if (bdev)
+		limits->logical_block_size = max_t(unsigned int, limits->logical_block_size,
+						   bdev_logical_block_size(bdev));
 	dmloop_file_limits_features(limits, loop_file_rotational(lc));
 	limits->physical_block_size = max(limits->physical_block_size,
 					  limits->logical_block_size);
