@@ -16,12 +16,21 @@
 #include <linux/delay.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <linux/moduleparam.h>
 #include <linux/sched/mm.h>
 #include <linux/uio.h>
 #include <linux/workqueue.h>
 
 #include "dm-loop.h"
 #include "compat.h"
+
+#ifdef DMLOOP_DEBUG
+/* Debug builds only: widen the window between bio_endio() and the drain. */
+unsigned int loop_debug_endio_delay_ms;
+module_param_named(debug_endio_delay_ms, loop_debug_endio_delay_ms, uint, 0644);
+MODULE_PARM_DESC(debug_endio_delay_ms,
+		 "Debug build: file mode sleeps this long after each bio_endio()");
+#endif
 
 /* One workqueue for all devices: a rescuer thread per device does not scale. */
 static struct workqueue_struct *loop_file_wq;

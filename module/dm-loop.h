@@ -147,13 +147,22 @@ void loop_file_work(struct work_struct *work);
 int loop_file_init(void);
 void loop_file_exit(void);
 
-/* Registry of backing inodes, shared by both modes (dm-loop-target.c). */
+/* dm-loop-registry.c: backing inodes, shared by both modes, and the stack. */
+int loop_inode_probe(struct loop_c *lc);
 int loop_inode_pin(struct loop_c *lc);
 void loop_inode_unpin(struct loop_c *lc);
 int loop_inode_use(struct loop_c *lc);
 void loop_inode_unuse(struct loop_c *lc);
+int loop_check_stack(struct loop_c *lc);
+void loop_uncheck_stack(struct loop_c *lc);
 
-/* dm-loop-target.c: debug-only fault injection, 0 in a normal build. */
+/* The disk of the file's filesystem: the real inode's, under overlayfs. */
+static inline struct block_device *loop_file_bdev(struct file *file)
+{
+	return d_real_inode(file->f_path.dentry)->i_sb->s_bdev;
+}
+
+/* dm-loop-file.c: debug-only fault injection, 0 in a normal build. */
 #ifdef DMLOOP_DEBUG
 extern unsigned int loop_debug_endio_delay_ms;
 #else
