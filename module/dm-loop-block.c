@@ -1,28 +1,40 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * dm-loop block mode: the file's blocks, read once with bmap() while the
- * file is pinned, remapped straight to the host block device.
+ * dm-loop block mode: the file's extents, read from the filesystem's own
+ * extent map (FIEMAP) while the file is pinned, remapped straight to the
+ * host block device.
  *
  * Nothing on the I/O path calls into the VFS, allocates or sleeps: map() is
- * a binary search over a flat array.
+ * a binary search over a flat array.  dm-loop.rst says why the walk is
+ * FIEMAP, and how bmap() still checks it.
  */
 #include <linux/blkdev.h>
+#include <linux/fiemap.h>
 #include <linux/mm.h>
+#include <linux/mman.h>
+#include <linux/moduleparam.h>
 #include <linux/pagemap.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
+#include <linux/uaccess.h>
 
 #include "dm-loop.h"
 
-/* How many blocks between two checks for rescheduling and fatal signals. */
+/* bmap() walk: how many blocks between two checks for rescheduling and signals. */
 #define LOOP_WALK_BATCH 1024
+/* FIEMAP walk: extents per ->fiemap() call (56 KiB of the caller's memory). */
+#define LOOP_FIEMAP_BATCH 1024
+
+static bool loop_bmap_walk;
+module_param_named(bmap_walk, loop_bmap_walk, bool, 0644);
+MODULE_PARM_DESC(bmap_walk,
+		 "Build new extent tables with one bmap() per block, not FIEMAP");
 
 struct loop_extent_buf {
 	struct loop_extent *v;
 	unsigned int nr;
 	unsigned int size;
 };
-
 static int loop_extent_append(struct loop_extent_buf *buf, sector_t dev_sector,
 			      sector_t host_sector, sector_t len)
 {
@@ -58,12 +70,21 @@ static int loop_extent_append(struct loop_extent_buf *buf, sector_t dev_sector,
 	return 0;
 }
 
+/* File mode, for @reason at file block @block: the walks return -ENODATA. */
+static int loop_unmappable(struct loop_c *lc, enum loop_reason reason, u64 block)
+{
+	lc->reason = reason;
+	lc->unmapped_block = block;
+	return -ENODATA;
+}
+
 /*
- * One pass of bmap() over the mapped range, coalescing contiguous blocks.
- * Returns -ENODATA when a block has no safe mapping (hole, unwritten or
- * shared: bmap says 0), with the file block in lc->unmapped_block.
+ * One pass of bmap() over the mapped range, coalescing contiguous blocks:
+ * the walk where there is no user address space for FIEMAP (a table from
+ * dm-mod.create=), or with bmap_walk set.  bmap() says 0 for a hole, and
+ * on the filesystems allowed here for unwritten and shared blocks too.
  */
-static int loop_walk_extents(struct loop_c *lc, struct loop_extent_buf *buf)
+static int loop_walk_bmap(struct loop_c *lc, struct loop_extent_buf *buf)
 {
 	struct inode *inode = file_inode(lc->file);
 	unsigned int shift = inode->i_blkbits - SECTOR_SHIFT;
@@ -80,10 +101,8 @@ static int loop_walk_extents(struct loop_c *lc, struct loop_extent_buf *buf)
 		r = bmap(inode, &block);
 		if (r)
 			return r;
-		if (!block) {
-			lc->unmapped_block = first + i;
-			return -ENODATA;
-		}
+		if (!block)
+			return loop_unmappable(lc, LOOP_REASON_UNMAPPED, first + i);
 		if (block >= (host_sectors >> shift)) {
 			DMERR("%s: bmap gave block %llu beyond the host device",
 			      lc->path, (unsigned long long)block);
@@ -103,15 +122,247 @@ static int loop_walk_extents(struct loop_c *lc, struct loop_extent_buf *buf)
 			}
 		}
 	}
-	/* The last block may reach past the device's end. */
-	buf->v[buf->nr - 1].len = lc->ti->len - buf->v[buf->nr - 1].dev_sector;
 	return 0;
 }
 
 /*
- * Pin the file, then read its layout.  The ordering is swapon's: no write
- * may start once S_SWAPFILE is set, so the layout bmap() reports stays
- * true until loop_block_teardown().
+ * The reason an extent's flags rule block mode out, or NONE.  Only LAST
+ * and MERGED say nothing about the data; of the rest the most telling is
+ * named first.
+ */
+static enum loop_reason loop_fiemap_flags_reason(u32 flags)
+{
+	static const struct {
+		u32 flag;
+		enum loop_reason reason;
+	} order[] = {
+		{ FIEMAP_EXTENT_DATA_INLINE,	LOOP_REASON_INLINE },
+		{ FIEMAP_EXTENT_DATA_TAIL,	LOOP_REASON_TAIL },
+		{ FIEMAP_EXTENT_DELALLOC,	LOOP_REASON_DELALLOC },
+		{ FIEMAP_EXTENT_DATA_ENCRYPTED,	LOOP_REASON_ENCRYPTED_EXTENT },
+		{ FIEMAP_EXTENT_ENCODED,	LOOP_REASON_ENCODED },
+		{ FIEMAP_EXTENT_UNWRITTEN,	LOOP_REASON_UNWRITTEN },
+		{ FIEMAP_EXTENT_SHARED,		LOOP_REASON_SHARED },
+		{ FIEMAP_EXTENT_NOT_ALIGNED,	LOOP_REASON_NOT_ALIGNED },
+	};
+	unsigned int i;
+
+	flags &= ~(FIEMAP_EXTENT_LAST | FIEMAP_EXTENT_MERGED);
+	if (!flags)
+		return LOOP_REASON_NONE;
+	for (i = 0; i < ARRAY_SIZE(order); i++)
+		if (flags & order[i].flag)
+			return order[i].reason;
+	return LOOP_REASON_UNKNOWN;
+}
+
+struct loop_fiemap_walk {
+	struct loop_c *lc;
+	struct inode *inode;
+	u64 pos;		/* the next file byte to map */
+	u64 end;		/* past the last one, on a block boundary */
+	u64 host_bytes;
+	bool witness_all;	/* bmap() at both ends of every extent */
+	bool witnessed;		/* ... or at the first extent only */
+};
+
+/* bmap() of one file block, 0 for none (and for an error). */
+static sector_t loop_bmap_block(struct inode *inode, sector_t block)
+{
+	return bmap(inode, &block) ? 0 : block;
+}
+
+/*
+ * Add what one FIEMAP record maps at w->pos to the table.  Returns 0,
+ * -ENODATA when it cannot be mapped (lc->reason and the file block set),
+ * or an error (ti->error set).
+ */
+static int loop_fiemap_add(struct loop_fiemap_walk *w, struct loop_extent_buf *buf,
+			   const struct fiemap_extent *fe)
+{
+	struct loop_c *lc = w->lc;
+	unsigned int bits = w->inode->i_blkbits;
+	u64 mask = ((u64)1 << bits) - 1;
+	u64 logical = fe->fe_logical, phys = fe->fe_physical, len = fe->fe_length;
+	enum loop_reason reason;
+	sector_t first, last, pblk;
+	int r;
+
+	if (!len || logical + len < logical || phys + len < phys) {
+		DMERR("%s: FIEMAP gave a malformed extent at byte %llu",
+		      lc->path, (unsigned long long)logical);
+		lc->ti->error = "Filesystem reported a malformed extent";
+		return -EIO;
+	}
+	/* What the last batch already mapped. */
+	if (logical + len <= w->pos)
+		return 0;
+	if (logical > w->pos)
+		return loop_unmappable(lc, LOOP_REASON_HOLE, w->pos >> bits);
+	reason = loop_fiemap_flags_reason(fe->fe_flags);
+	if (reason == LOOP_REASON_NONE && ((logical | phys | len) & mask))
+		reason = LOOP_REASON_NOT_ALIGNED;
+	if (reason != LOOP_REASON_NONE)
+		return loop_unmappable(lc, reason, w->pos >> bits);
+
+	phys += w->pos - logical;
+	len = min(len - (w->pos - logical), w->end - w->pos);
+	if (phys + len > w->host_bytes) {
+		DMERR("%s: FIEMAP gave block %llu beyond the host device",
+		      lc->path, (unsigned long long)((phys + len - 1) >> bits));
+		lc->ti->error = "Filesystem mapped a block beyond its device";
+		return -EIO;
+	}
+
+	/*
+	 * The second witness: bmap() must say the same at both ends.  It
+	 * says 0 for what FIEMAP may not flag, e.g. any block of an XFS inode
+	 * that has been reflinked or is on the realtime device.
+	 */
+	first = w->pos >> bits;
+	last = first + (len >> bits) - 1;
+	pblk = phys >> bits;
+	if (w->witness_all || !w->witnessed) {
+		if (loop_bmap_block(w->inode, first) != pblk)
+			return loop_unmappable(lc, LOOP_REASON_BMAP_MISMATCH, first);
+		if (last != first &&
+		    loop_bmap_block(w->inode, last) != pblk + (last - first))
+			return loop_unmappable(lc, LOOP_REASON_BMAP_MISMATCH, last);
+		w->witnessed = true;
+	}
+
+	r = loop_extent_append(buf, (w->pos - lc->offset) >> SECTOR_SHIFT,
+			       phys >> SECTOR_SHIFT, len >> SECTOR_SHIFT);
+	if (r) {
+		lc->ti->error = "Cannot allocate extent table";
+		return r;
+	}
+	w->pos += len;
+	return 0;
+}
+
+/*
+ * Read the mapped range's extents from the filesystem's own map, as
+ * FS_IOC_FIEMAP does: ->fiemap() copies its records to user memory, so
+ * they go through a buffer mapped into the caller's address space (the
+ * constructor runs in its ioctl) for the walk.  FIEMAP_FLAG_SYNC writes
+ * delayed allocations out first.  Returns 0, -ENODATA (lc->reason set) or
+ * an error (ti->error set).
+ */
+static int loop_walk_fiemap(struct loop_c *lc, struct loop_extent_buf *buf,
+			    bool witness_all)
+{
+	const size_t size = LOOP_FIEMAP_BATCH * sizeof(struct fiemap_extent);
+	struct inode *inode = file_inode(lc->file);
+	struct loop_fiemap_walk w = {
+		.lc = lc,
+		.inode = inode,
+		.pos = lc->offset,
+		.end = round_up(lc->offset + ((u64)lc->ti->len << SECTOR_SHIFT),
+				(u64)i_blocksize(inode)),
+		.host_bytes = bdev_nr_bytes(lc->host_bdev),
+		.witness_all = witness_all,
+	};
+	struct fiemap_extent *fe;
+	unsigned long uaddr;
+	unsigned int i;
+	int r = 0;
+
+	fe = kvmalloc(size, GFP_KERNEL);
+	if (!fe) {
+		lc->ti->error = "Cannot allocate extent table";
+		return -ENOMEM;
+	}
+	uaddr = vm_mmap(NULL, 0, size, PROT_READ | PROT_WRITE,
+			MAP_ANONYMOUS | MAP_PRIVATE, 0);
+	if (IS_ERR_VALUE(uaddr)) {
+		lc->ti->error = "Cannot map a buffer for the file's extent map";
+		r = (int)(long)uaddr;
+		goto out_free;
+	}
+
+	while (w.pos < w.end) {
+		struct fiemap_extent_info fi = {
+			.fi_flags = FIEMAP_FLAG_SYNC,
+			.fi_extents_max = LOOP_FIEMAP_BATCH,
+			.fi_extents_start = (struct fiemap_extent __user *)uaddr,
+		};
+		u64 from = w.pos;
+
+		r = inode->i_op->fiemap(inode, &fi, w.pos, w.end - w.pos);
+		if (r) {
+			DMERR("%s: FIEMAP failed at byte %llu: %d", lc->path,
+			      (unsigned long long)w.pos, r);
+			lc->ti->error = "Cannot read the file's extent map";
+			break;
+		}
+		if (fi.fi_extents_mapped > LOOP_FIEMAP_BATCH) {
+			lc->ti->error = "Filesystem reported a malformed extent";
+			r = -EIO;
+			break;
+		}
+		if (copy_from_user(fe, fi.fi_extents_start,
+				   fi.fi_extents_mapped * sizeof(*fe))) {
+			lc->ti->error = "Cannot read the file's extent map";
+			r = -EFAULT;
+			break;
+		}
+		for (i = 0; i < fi.fi_extents_mapped && w.pos < w.end; i++) {
+			r = loop_fiemap_add(&w, buf, &fe[i]);
+			if (r)
+				goto out;
+		}
+		/* Fewer than asked for: that was all, and the rest is a hole. */
+		if (fi.fi_extents_mapped < LOOP_FIEMAP_BATCH) {
+			if (w.pos < w.end)
+				r = loop_unmappable(lc, LOOP_REASON_HOLE,
+						    w.pos >> inode->i_blkbits);
+			break;
+		}
+		if (w.pos == from) {
+			lc->ti->error = "Filesystem reported a malformed extent";
+			r = -EIO;
+			break;
+		}
+		cond_resched();
+		if (fatal_signal_pending(current)) {
+			lc->ti->error = "Interrupted while reading the file's layout";
+			r = -EINTR;
+			break;
+		}
+	}
+out:
+	vm_munmap(uaddr, size);
+out_free:
+	kvfree(fe);
+	return r;
+}
+
+/* FIEMAP needs a user address space to copy to: the caller's, if any. */
+static bool loop_can_fiemap(struct inode *inode)
+{
+	return inode->i_op->fiemap && current->mm &&
+	       !(current->flags & PF_KTHREAD) && !READ_ONCE(loop_bmap_walk);
+}
+
+static bool loop_extents_equal(const struct loop_extent_buf *a,
+			       const struct loop_extent_buf *b)
+{
+	return a->nr == b->nr && !memcmp(a->v, b->v, a->nr * sizeof(*a->v));
+}
+
+static bool loop_sb_frozen(struct super_block *sb)
+{
+	return READ_ONCE(sb->s_writers.frozen) != SB_UNFROZEN;
+}
+
+/*
+ * Decide the mode, then pin the file and read its layout.  The ordering
+ * is swapon's: no write may start once S_SWAPFILE is set, so the layout
+ * read under the pin stays true until loop_block_teardown().  Before the
+ * pin, whatever can rule block mode out without one is checked, the
+ * extent map walk included: a file that gets file mode is never pinned,
+ * so its other users never see ETXTBSY while a table loads.
  *
  * Returns 0 in block mode, < 0 on error (ti->error set), or 1 when the file
  * cannot be block mapped: lc->reason says why, and the file is not pinned.
@@ -120,8 +371,8 @@ int loop_block_setup(struct loop_c *lc)
 {
 	struct inode *inode = file_inode(lc->file);
 	struct address_space *mapping = lc->file->f_mapping;
-	struct loop_extent_buf buf = {};
-	bool reloading, frozen;
+	struct loop_extent_buf seen = {}, buf = {};
+	bool reloading, frozen, fiemap;
 	int r;
 
 	lc->host_bdev = inode->i_sb->s_bdev;
@@ -129,22 +380,56 @@ int loop_block_setup(struct loop_c *lc)
 	lc->host_dm_dev.mode = lc->read_only ? FMODE_READ : FMODE_READ | FMODE_WRITE;
 	snprintf(lc->host_dm_dev.name, sizeof(lc->host_dm_dev.name), "%u:%u",
 		 MAJOR(lc->host_bdev->bd_dev), MINOR(lc->host_bdev->bd_dev));
+	fiemap = loop_can_fiemap(inode);
+	lc->walk = fiemap ? LOOP_WALK_FIEMAP : LOOP_WALK_BMAP;
+
+	/*
+	 * 1: this device's live table has held the pin all along (a reload):
+	 * nothing can have changed the layout, and the checks that fall back
+	 * to file mode would fail instead (a pinned file refuses a file-mode
+	 * table), so they are for a new pin only.
+	 */
+	r = loop_inode_probe(lc);
+	if (r == -EAGAIN)
+		goto in_use;
+	if (r < 0)
+		goto out;
+	reloading = r == 1;
+
+	if (!reloading) {
+		r = 1;
+		if (loop_sb_frozen(inode->i_sb)) {
+			lc->reason = LOOP_REASON_FROZEN;
+			goto out;
+		}
+		if (mapping_writably_mapped(mapping)) {
+			lc->reason = LOOP_REASON_MMAPPED;
+			goto out;
+		}
+		/* The bmap() walk costs a call per block: once, pinned. */
+		if (fiemap) {
+			r = loop_walk_fiemap(lc, &seen, false);
+			if (r == -ENODATA)
+				r = 1;
+			if (r)
+				goto out;
+		}
+	}
 
 	r = loop_inode_pin(lc);
-	if (r == -EAGAIN) {
-		lc->reason = LOOP_REASON_IN_USE;
-		r = 1;
-		goto out;
-	}
+	if (r == -EAGAIN)
+		goto in_use;
 	if (r < 0)
 		goto out;
 	/*
-	 * 1: this device's live table has held the pin all along (a reload):
-	 * nothing can have changed the layout, and the checks below, which
-	 * fall back to file mode, would fail instead (a pinned file refuses
-	 * a file-mode table), so they are for a new pin only.
+	 * The probe's answer changed: a resume of this device swapped tables
+	 * in between.  The checks made for it may not fit: file mode.
 	 */
-	reloading = r == 1;
+	if (reloading != (r == 1)) {
+		lc->reason = LOOP_REASON_CHANGED;
+		r = 1;
+		goto bad;
+	}
 
 	/*
 	 * vfs_fallocate() tests IS_SWAPFILE before the filesystem takes its
@@ -156,13 +441,13 @@ int loop_block_setup(struct loop_c *lc)
 	 * the window swapon has too; a frozen filesystem gives file mode.
 	 */
 	r = 1;
-	frozen = READ_ONCE(inode->i_sb->s_writers.frozen) != SB_UNFROZEN;
+	frozen = loop_sb_frozen(inode->i_sb);
 	inode_lock(inode);
 	filemap_invalidate_lock(mapping);
 	filemap_invalidate_unlock(mapping);
 	inode_unlock(inode);
 	/* Frozen before the barrier or after: a thaw may have let one in. */
-	frozen |= READ_ONCE(inode->i_sb->s_writers.frozen) != SB_UNFROZEN;
+	frozen |= loop_sb_frozen(inode->i_sb);
 	if (!reloading && frozen) {
 		lc->reason = LOOP_REASON_FROZEN;
 		goto bad;
@@ -190,14 +475,22 @@ int loop_block_setup(struct loop_c *lc)
 		goto bad;
 	}
 
-	r = loop_walk_extents(lc, &buf);
-	if (r == -ENODATA) {
-		lc->reason = LOOP_REASON_UNMAPPED;
+	/* The walk that counts: under the pin, bmap() at every extent's ends. */
+	r = fiemap ? loop_walk_fiemap(lc, &buf, true) : loop_walk_bmap(lc, &buf);
+	if (r == -ENODATA)
 		r = 1;
-	}
 	if (r)
 		goto bad;
+	if (fiemap && !reloading && !loop_extents_equal(&seen, &buf)) {
+		lc->reason = LOOP_REASON_CHANGED;
+		r = 1;
+		goto bad;
+	}
+	kvfree(seen.v);
+	seen.v = NULL;
 
+	/* The last block may reach past the device's end. */
+	buf.v[buf.nr - 1].len = lc->ti->len - buf.v[buf.nr - 1].dev_sector;
 	if (buf.nr == buf.size) {
 		lc->extents = buf.v;
 	} else {
@@ -215,10 +508,15 @@ int loop_block_setup(struct loop_c *lc)
 	lc->ti->num_flush_bios = 1;
 	return 0;
 
+in_use:
+	lc->reason = LOOP_REASON_IN_USE;
+	r = 1;
+	goto out;
 bad:
-	kvfree(buf.v);
 	loop_inode_unpin(lc);
 out:
+	kvfree(seen.v);
+	kvfree(buf.v);
 	lc->host_bdev = NULL;
 	return r;
 }

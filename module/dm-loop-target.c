@@ -34,6 +34,18 @@ static const char * const loop_reason_names[LOOP_REASON_MAX] = {
 	[LOOP_REASON_MMAPPED]		= "mmapped",
 	[LOOP_REASON_CACHE_BUSY]	= "cache_busy",
 	[LOOP_REASON_FROZEN]		= "frozen",
+	[LOOP_REASON_HOLE]		= "hole",
+	[LOOP_REASON_UNWRITTEN]		= "unwritten",
+	[LOOP_REASON_SHARED]		= "shared",
+	[LOOP_REASON_DELALLOC]		= "delalloc",
+	[LOOP_REASON_INLINE]		= "inline",
+	[LOOP_REASON_TAIL]		= "tail",
+	[LOOP_REASON_ENCRYPTED_EXTENT]	= "encrypted",
+	[LOOP_REASON_ENCODED]		= "encoded",
+	[LOOP_REASON_NOT_ALIGNED]	= "not_aligned",
+	[LOOP_REASON_UNKNOWN]		= "unknown",
+	[LOOP_REASON_BMAP_MISMATCH]	= "bmap_mismatch",
+	[LOOP_REASON_CHANGED]		= "changed",
 };
 
 /* ti->error outlives the constructor: these are literals. */
@@ -52,6 +64,24 @@ static char * const loop_require_block_errors[LOOP_REASON_MAX] = {
 	[LOOP_REASON_MMAPPED]		= "Block mode not possible: file is mapped writable",
 	[LOOP_REASON_CACHE_BUSY]	= "Block mode not possible: page cache cannot be dropped",
 	[LOOP_REASON_FROZEN]		= "Block mode not possible: filesystem is frozen",
+	[LOOP_REASON_HOLE]		= "Block mode not possible: hole, unwritten or shared",
+	[LOOP_REASON_UNWRITTEN]		= "Block mode not possible: hole, unwritten or shared",
+	[LOOP_REASON_SHARED]		= "Block mode not possible: hole, unwritten or shared",
+	[LOOP_REASON_DELALLOC]		= "Block mode not possible: blocks not yet allocated",
+	[LOOP_REASON_INLINE]		= "Block mode not possible: data inline in metadata",
+	[LOOP_REASON_TAIL]		= "Block mode not possible: data packed in a tail",
+	[LOOP_REASON_ENCRYPTED_EXTENT]	= "Block mode not possible: extent is encrypted",
+	[LOOP_REASON_ENCODED]		= "Block mode not possible: extent is encoded",
+	[LOOP_REASON_NOT_ALIGNED]	= "Block mode not possible: extent not block aligned",
+	[LOOP_REASON_UNKNOWN]		= "Block mode not possible: extent of unknown kind",
+	[LOOP_REASON_BMAP_MISMATCH]	= "Block mode not possible: bmap and FIEMAP disagree",
+	[LOOP_REASON_CHANGED]		= "Block mode not possible: layout changed while loading",
+};
+
+static const char * const loop_walk_names[] = {
+	[LOOP_WALK_NONE]	= "none",
+	[LOOP_WALK_FIEMAP]	= "fiemap",
+	[LOOP_WALK_BMAP]	= "bmap",
 };
 
 /* Filesystems whose ->bmap is known to return 0 for anything unsafe. */
@@ -92,7 +122,6 @@ MODULE_PARM_DESC(total_extents, "Extents in all block-mode tables");
 module_param_cb(table_bytes, &loop_atomic_long_ops, &loop_total_table_bytes, 0444);
 MODULE_PARM_DESC(table_bytes, "Bytes of memory used by all extent tables");
 
-
 const char *loop_mode_name(struct loop_c *lc)
 {
 	return lc->mode == LOOP_MODE_BLOCK ? "block" : "file";
@@ -101,7 +130,8 @@ const char *loop_mode_name(struct loop_c *lc)
 /* The reason token: "-", "no_bdev", ..., "unmapped:<file block>". */
 int loop_reason_format(struct loop_c *lc, char *buf, size_t size)
 {
-	if (lc->reason == LOOP_REASON_UNMAPPED)
+	if (lc->reason == LOOP_REASON_UNMAPPED ||
+	    (lc->reason >= LOOP_REASON_HOLE && lc->reason <= LOOP_REASON_BMAP_MISMATCH))
 		return scnprintf(buf, size, "%s:%llu", loop_reason_names[lc->reason],
 				 (unsigned long long)lc->unmapped_block);
 	return scnprintf(buf, size, "%s", loop_reason_names[lc->reason]);
@@ -149,11 +179,12 @@ size_t loop_format_info(struct loop_c *lc, char *buf, size_t size)
 	loop_stats_sum(lc, &st);
 	loop_reason_format(lc, reason, sizeof(reason));
 	n += scnprintf(buf + n, size - n,
-		       "version: %s\nmode: %s\nreason: %s\npath: %s\ninode: %llu\n"
-		       "host_dev: %u:%u\noffset: %lld\nfs_block_size: %u\n"
+		       "version: %s\nmode: %s\nreason: %s\nwalk: %s\npath: %s\n"
+		       "inode: %llu\nhost_dev: %u:%u\noffset: %lld\nfs_block_size: %u\n"
 		       "dev_sectors: %llu\nextents: %u\ntable_bytes: %zu\n"
 		       "setup_ns: %llu\n",
-		       DM_LOOP_VERSION, loop_mode_name(lc), reason, lc->path,
+		       DM_LOOP_VERSION, loop_mode_name(lc), reason,
+		       loop_walk_names[lc->walk], lc->path,
 		       (unsigned long long)inode->i_ino, MAJOR(lc->host_dev), MINOR(lc->host_dev),
 		       lc->offset, lc->block_size,
 		       (unsigned long long)lc->ti->len, lc->nr_extents,

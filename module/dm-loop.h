@@ -3,7 +3,7 @@
  * dm-loop: a device-mapper target over a regular file.
  *
  * Block mode remaps bios straight to the host block device through a table
- * of extents read once with bmap(); file mode does the I/O through the VFS
+ * of extents read once from the filesystem's extent map; file mode does the I/O through the VFS
  * in a worker.  See dm-loop.rst for the user's view.
  */
 #ifndef DM_LOOP_H
@@ -43,7 +43,27 @@ enum loop_reason {
 	LOOP_REASON_MMAPPED,
 	LOOP_REASON_CACHE_BUSY,
 	LOOP_REASON_FROZEN,
+	LOOP_REASON_CHANGED,
+	/* From HOLE to BMAP_MISMATCH: found by the FIEMAP walk at lc->unmapped_block. */
+	LOOP_REASON_HOLE,
+	LOOP_REASON_UNWRITTEN,
+	LOOP_REASON_SHARED,
+	LOOP_REASON_DELALLOC,
+	LOOP_REASON_INLINE,
+	LOOP_REASON_TAIL,
+	LOOP_REASON_ENCRYPTED_EXTENT,
+	LOOP_REASON_ENCODED,
+	LOOP_REASON_NOT_ALIGNED,
+	LOOP_REASON_UNKNOWN,
+	LOOP_REASON_BMAP_MISMATCH,
 	LOOP_REASON_MAX,
+};
+
+/* Which walk read the file's layout (debugfs info's "walk:"). */
+enum loop_walk {
+	LOOP_WALK_NONE,
+	LOOP_WALK_FIEMAP,
+	LOOP_WALK_BMAP,
 };
 
 /* Optional table arguments. */
@@ -80,7 +100,8 @@ struct loop_c {
 
 	enum loop_mode mode;
 	enum loop_reason reason;
-	u64 unmapped_block;		/* LOOP_REASON_UNMAPPED: which block */
+	u64 unmapped_block;		/* the file block the reason names */
+	enum loop_walk walk;
 	unsigned int block_size;	/* filesystem block size */
 	dev_t host_dev;			/* st_dev of the file */
 

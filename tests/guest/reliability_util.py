@@ -259,7 +259,9 @@ def remove_all(prefix):
 
 def module_figures():
     """/sys/module/dm_loop/parameters/* as {name: int}."""
-    return {p.name: int(p.read_text()) for p in sorted(PARAMS.iterdir())}
+    # The read-only ones: the writable ones are settings (bmap_walk, debug knobs).
+    return {p.name: int(p.read_text()) for p in sorted(PARAMS.iterdir())
+            if not p.stat().st_mode & 0o222}
 
 
 def debugfs_instances():

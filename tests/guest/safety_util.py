@@ -233,7 +233,9 @@ DEBUGFS = Path("/sys/kernel/debug/dm-loop")
 
 def module_figures():
     """The module-wide figures under /sys/module/dm_loop/parameters/."""
-    return {p.name: int(p.read_text()) for p in sorted(PARAMS.iterdir())}
+    # The read-only ones: the writable ones are settings (bmap_walk, debug knobs).
+    return {p.name: int(p.read_text()) for p in sorted(PARAMS.iterdir())
+            if not p.stat().st_mode & 0o222}
 
 
 def debugfs_instances():
