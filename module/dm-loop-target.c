@@ -179,12 +179,11 @@ size_t loop_format_info(struct loop_c *lc, char *buf, size_t size)
 	loop_stats_sum(lc, &st);
 	loop_reason_format(lc, reason, sizeof(reason));
 	n += scnprintf(buf + n, size - n,
-		       "version: %s\nmode: %s\nreason: %s\nwalk: %s\npath: %s\n"
-		       "inode: %llu\nhost_dev: %u:%u\noffset: %lld\nfs_block_size: %u\n"
+		       "version: %s\nmode: %s\nreason: %s\npath: %s\ninode: %llu\n"
+		       "host_dev: %u:%u\noffset: %lld\nfs_block_size: %u\n"
 		       "dev_sectors: %llu\nextents: %u\ntable_bytes: %zu\n"
 		       "setup_ns: %llu\n",
-		       DM_LOOP_VERSION, loop_mode_name(lc), reason,
-		       loop_walk_names[lc->walk], lc->path,
+		       DM_LOOP_VERSION, loop_mode_name(lc), reason, lc->path,
 		       (unsigned long long)inode->i_ino, MAJOR(lc->host_dev), MINOR(lc->host_dev),
 		       lc->offset, lc->block_size,
 		       (unsigned long long)lc->ti->len, lc->nr_extents,
@@ -192,10 +191,10 @@ size_t loop_format_info(struct loop_c *lc, char *buf, size_t size)
 	n += scnprintf(buf + n, size - n,
 		       "reads: %llu\nwrites: %llu\nflushes: %llu\nsplits: %llu\n"
 		       "direct_ios: %llu\nbuffered_ios: %llu\ndiscards: %llu\n"
-		       "errors: %llu\nread_only: %d\n",
+		       "errors: %llu\nread_only: %d\nwalk: %s\n",
 		       st.reads, st.writes, st.flushes, st.splits,
 		       st.direct_ios, st.buffered_ios, st.discards, st.errors,
-		       lc->read_only);
+		       lc->read_only, loop_walk_names[lc->walk]);
 	return n;
 }
 
