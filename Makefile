@@ -129,7 +129,8 @@ GUEST_KERNELS ?= $(if $(filter stock,$(KERNEL)),stock 6.12 7.2 debug,$(KERNEL))
 # targets: stress, matrix, bench, check-install.
 STOCK_SUITE ?= tests/guest/test_block_data.py tests/guest/test_introspection.py \
 	tests/guest/test_file_mode.py tests/guest/test_block_safety.py \
-	tests/guest/test_tables.py tests/guest/test_storage_path.py $(INSPECT_SUBSET) \
+	tests/guest/test_tables.py tests/guest/test_storage_path.py tests/guest/test_extent_walk.py \
+	$(INSPECT_SUBSET) \
 	tests/guest/test_install.py::TestMakeInstall \
 	tests/guest/test_install.py::TestManifest $(RELIABILITY_SUBSET) \
 	tests/guest/test_matrix.py

@@ -131,7 +131,7 @@ def test_unwritten_extents_never_show_stale_blocks(fstype, disk):
 
         first_unwritten = written // block_size(mp)
         want = dmloop.random_bytes(written, 11) + bytes(size - written)
-        for opts, reason in [((), "unmapped:%d" % first_unwritten), (("force_file",), "forced")]:
+        for opts, reason in [((), "unwritten:%d" % first_unwritten), (("force_file",), "forced")]:
             dmloop.create("leak", table(img, size, opts=opts))
             try:
                 st = status_fields("leak")
@@ -145,7 +145,7 @@ def test_unwritten_extents_never_show_stale_blocks(fstype, disk):
 
         lines = assert_refused("leak", table(img, size, opts=("require_block",)),
                                UNMAPPED_MSG, "EINVAL")
-        assert any("%s: block mode required, not possible: unmapped:%d" % (img, first_unwritten)
+        assert any("%s: block mode required, not possible: unwritten:%d" % (img, first_unwritten)
                    in l for l in lines), lines
         assert write_probe(img) is None, "a refused require_block table left the file pinned"
 
@@ -160,8 +160,9 @@ def xfs_reflink_enabled(mp):
 @pytest.mark.parametrize("mapped", ["copy", "original"])
 def test_reflinked_file_never_writes_the_other(xfs_fs, mapped):
     """XFS with reflink: after `cp --reflink=always`, either side of the
-    clone gets file mode (bmap refuses shared inodes) and writes through the
-    device unshare the blocks: the other file's bytes never change."""
+    clone gets file mode (FIEMAP flags its extents shared) and writes
+    through the device unshare the blocks: the other file's bytes never
+    change."""
     mp = xfs_fs
     if not xfs_reflink_enabled(mp):
         pytest.skip("mkfs.xfs made a filesystem without reflink")
@@ -178,7 +179,7 @@ def test_reflinked_file_never_writes_the_other(xfs_fs, mapped):
     dev = dmloop.create("rl", table(target, size))
     try:
         st = status_fields("rl")
-        assert (st["mode"], st["reason"]) == ("file", "unmapped:0"), st
+        assert (st["mode"], st["reason"]) == ("file", "shared:0"), st
         dmloop.write_random(dev, size, seed=22, direct=True, fsync=True)
     finally:
         dmloop.remove("rl")

@@ -210,7 +210,7 @@ def test_compare_file_mode_compares_nothing(fs, mkdev):
         f.truncate(1 << 20)
     mkdev("fm0", "0 2048 loop %s 0" % sparse)
     mkdev("fm1", "0 2048 loop %s 0 1 force_file" % fs.files["contig"])
-    for name, reason in (("fm0", "unmapped:0"), ("fm1", "forced")):
+    for name, reason in (("fm0", "hole:0"), ("fm1", "forced")):
         assert dmloop.status(name).split()[3] == "file"
         p = inspect("compare", name, expect=0)
         assert "file mode (%s)" % reason in p.stdout

@@ -24,9 +24,10 @@ import pytest
 
 import dmloop
 from reliability_util import (  # noqa: F401 (module_figures_back_to_zero: autouse fixture)
-    MiB, DmControl, PARAMS, assert_module_idle, fio_available, fio_cmd, fio_err_total,
-    kmemleak_available, kmemleak_blocks, kmemleak_scan, module_figures_back_to_zero,
-    read_direct, settle_slabs, slab_active, slab_growth, stress, write_probe)
+    MiB, DmControl, assert_module_idle, fio_available, fio_cmd, fio_err_total,
+    kmemleak_available, kmemleak_blocks, kmemleak_scan, module_figures,
+    module_figures_back_to_zero, read_direct, settle_slabs, slab_active, slab_growth, stress,
+    write_probe)
 
 PREFIX = "life"
 MODES = {"block": "", "file": " 1 force_file"}
@@ -268,7 +269,7 @@ def test_many_devices_with_io(fs, count):
         try:
             nodes = [_up(dm, n, f, size, ("block", "file")[i % 2])
                      for i, (n, f) in enumerate(zip(names, files))]
-            figures = {p.name: int(p.read_text()) for p in PARAMS.iterdir()}
+            figures = module_figures()
             assert figures["block_devices"] == count // 2 + count % 2, figures
             assert figures["file_devices"] == count // 2, figures
             p = _fio_verify([("m%03d" % i, n) for i, n in enumerate(nodes)],

@@ -249,7 +249,7 @@ def test_require_block_on_ext4_gives_block_mode(files):
 def test_require_block_refused_with_reason(files, where):
     """`1 require_block` where block mode is impossible fails the load with
     the reason, in ti->error and in its own log line, and leaves the file
-    unpinned (the sparse ext4 case pins before bmap finds the hole)."""
+    unpinned (the sparse ext4 case finds the hole before any pin)."""
     if where == "tmpfs":
         d = Path(tempfile.mkdtemp(prefix="dmloop-tmpfs-", dir="/tmp"))
         assert dmloop.run(["stat", "-f", "-c", "%T", str(d)]).stdout.strip() == "tmpfs"
@@ -261,7 +261,7 @@ def test_require_block_refused_with_reason(files, where):
         write_file(img, MiB, seed=5)
         os.truncate(img, 2 * MiB)           # a hole from 1 MiB on
         message = UNMAPPED_MSG
-        reason = "unmapped:%d" % (MiB // os.statvfs(files).f_bsize)
+        reason = "hole:%d" % (MiB // os.statvfs(files).f_bsize)
     try:
         lines = assert_refused("rb", table(img, 2 * MiB, opts=("require_block",)),
                                message, "EINVAL")

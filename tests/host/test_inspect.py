@@ -275,7 +275,7 @@ def test_compare_nonzero_offset(tool, tree_name, dev, minor, ident, fixture, off
 
 def test_file_mode_compares_nothing(tool):
     p = tool("compare", "prealloc", debugfs=tree("ext4-4k"), expect=0)
-    assert "file mode" in p.stdout and "unmapped:64" in p.stdout
+    assert "file mode" in p.stdout and "unwritten:64" in p.stdout
     p = tool("compare", "--json", "xclone", debugfs=tree("xfs"), expect=0)
     assert json.loads(p.stdout)["verdict"] == "file_mode"
 
