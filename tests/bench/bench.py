@@ -25,21 +25,24 @@ which libaio never shows.  CPU time
 per I/O is the whole guest's busy time (kernel workers included) over each
 job's run.
 
-Then setup cost (contiguous and fragmented files, next to filefrag and
-losetup) and scale (tests/bench/scale: N dm-loop, dm-linear and /dev/loop
-devices from one program).
+Then setup cost (contiguous and fragmented files, next to dm-linear over
+the same extents, filefrag with and without -v, and losetup) and scale
+(tests/bench/scale: N dm-loop, dm-linear and /dev/loop devices from one
+program).
 
 Any stack or phase that fails makes the run fail (exit 1) after the other
 phases ran; raw.json lists the errors, never a zero row in their place.
 """
 import argparse
 import bisect
+import ctypes
 import errno
 import fcntl
 import glob
 import json
 import mmap
 import os
+import statistics
 import struct
 import subprocess
 import sys
@@ -74,8 +77,9 @@ MODES = {
         "workloads": [SEQR32, SEQW32, RR32, RW32],
         "uring": [RR32],
         "brd_runtime": 1,
-        # (size, piece): contiguous, and a piece per extent
-        "setup": [(64 * MiB, None), (4 * MiB, 4 * KiB)],
+        # (size, piece): contiguous at two sizes (1:16, as the full mode's
+        # 1 and 16 GiB), and a piece per extent
+        "setup": [(4 * MiB, None), (64 * MiB, None), (4 * MiB, 4 * KiB)],
         "scale_n": 1000,
     },
     "full": {
@@ -88,6 +92,9 @@ MODES = {
         "scale_n": 20000,
     },
 }
+# Each setup-cost figure is the median of this many measurements (every
+# create cold: caches dropped before it).
+SETUP_REPS = 3
 # Worker processes of tests/bench/scale: under TCG a create or remove waits
 # mostly for RCU grace periods, which more workers overlap (at N=500, 16
 # workers removed 25-40% faster than 4).
@@ -181,18 +188,30 @@ DM_DEV_CREATE, DM_DEV_REMOVE, DM_DEV_SUSPEND, DM_TABLE_LOAD = 3, 4, 6, 9
 DM_READONLY_FLAG = 1
 
 
-def dm_ioctl(cmd, name, flags=0, targets=()):
+class Table:
+    """A table packed as DM_TABLE_LOAD takes it (struct dm_target_spec and
+    its parameters, one after another): packed before a timed create, so
+    that a table of 262,144 lines costs the timing no Python."""
+
+    def __init__(self, table):
+        specs = []
+        for line in table.strip().splitlines():
+            start, length, ttype, params = line.split(None, 3)
+            p = params.encode() + b"\0"
+            size = 40 + (len(p) + 7) // 8 * 8
+            specs.append(struct.pack("=QQiI16s", int(start), int(length), 0, size,
+                                     ttype.encode()) + p.ljust(size - 40, b"\0"))
+        self.count, self.specs = len(specs), b"".join(specs)
+
+
+def dm_ioctl(cmd, name, flags=0, table=None):
     """One device-mapper ioctl on /dev/mapper/control; returns dev_t."""
-    specs = b""
-    for start, length, ttype, params in targets:
-        p = params.encode() + b"\0"
-        size = 40 + (len(p) + 7) // 8 * 8
-        specs += struct.pack("=QQiI16s", start, length, 0, size, ttype.encode()) + \
-            p.ljust(size - 40, b"\0")
+    count, specs = (table.count, table.specs) if table else (0, b"")
     size = DM_IOCTL_SIZE + len(specs) + 4096
     buf = bytearray(struct.pack("=3IIIIiIIIQ128s129s7s", 4, 0, 0, size, DM_IOCTL_SIZE,
-                                len(targets), 0, flags, 0, 0, 0, name.encode(), b"", b""))
-    buf += specs + bytes(4096)
+                                count, 0, flags, 0, 0, 0, name.encode(), b"", b""))
+    buf += specs
+    buf += bytes(4096)
     fd = os.open("/dev/mapper/control", os.O_RDWR)
     try:
         fcntl.ioctl(fd, 0xC138FD00 | cmd, buf, True)
@@ -202,15 +221,14 @@ def dm_ioctl(cmd, name, flags=0, targets=()):
 
 
 def dm_create(name, table, readonly=False):
-    """Create and resume a dm device from table lines; returns /dev/dm-N."""
-    targets = []
-    for line in table.strip().splitlines():
-        start, length, ttype, params = line.split(None, 3)
-        targets.append((int(start), int(length), ttype, params))
+    """Create and resume a dm device from table lines (or a Table);
+    returns /dev/dm-N."""
+    if not isinstance(table, Table):
+        table = Table(table)
     flags = DM_READONLY_FLAG if readonly else 0
     dev = dm_ioctl(DM_DEV_CREATE, name, flags)
     try:
-        dm_ioctl(DM_TABLE_LOAD, name, flags, targets)
+        dm_ioctl(DM_TABLE_LOAD, name, flags, table)
         dm_ioctl(DM_DEV_SUSPEND, name)          # no suspend flag: resume
     except OSError:
         dm_ioctl(DM_DEV_REMOVE, name)
@@ -290,21 +308,51 @@ def dmloop_stack(name, img, size, opts):
     return Stack(name, lambda: dm_create("b-" + name, table), lambda: dm_remove("b-" + name), img)
 
 
-def file_stacks(disk, img, size):
-    """The stacks over one file; dm-linear maps the file's blocks (FIEMAP,
-    read while the filesystem is mounted) with the filesystem unmounted."""
-    lines = []
-    for logical, physical, length in file_extents(img):
+def coalesce(segments):
+    """(dev_sector, sectors, host_sector) runs, each run that continues the
+    one before it on both sides merged into it."""
+    out = []
+    for dev, n, host in segments:
+        if out and out[-1][0] + out[-1][1] == dev and out[-1][2] + out[-1][1] == host:
+            out[-1][1] += n
+        else:
+            out.append([dev, n, host])
+    return [tuple(x) for x in out]
+
+
+def linear_segments(extents, size):
+    """The file's first `size` bytes as coalesced (dev_sector, sectors,
+    host_sector) from its extents (file_extents()); an error when they do
+    not cover it without a hole."""
+    seg = []
+    for logical, physical, length in extents:
         if logical >= size:
             break
         length = min(length, size - logical)
-        lines.append("%d %d linear %s %d" % (logical // 512, length // 512, disk, physical // 512))
-    if sum(int(l.split()[1]) for l in lines) * 512 != size:
-        raise RuntimeError("FIEMAP of %s does not cover %d bytes" % (img, size))
+        seg.append((logical // 512, length // 512, physical // 512))
+    seg = coalesce(seg)
+    if sum(n for _, n, _ in seg) * 512 != size or \
+            any(a[0] + a[1] != b[0] for a, b in zip(seg, seg[1:])) or (seg and seg[0][0]):
+        raise RuntimeError("FIEMAP does not cover %d bytes without a hole" % size)
+    return seg
+
+
+def linear_table(seg, disk):
+    """dm-linear lines, one per segment, on the filesystem's disk."""
+    return "\n".join("%d %d linear %s %d" % (dev, n, disk, host) for dev, n, host in seg)
+
+
+def file_stacks(disk, img, size):
+    """The stacks over one file; dm-linear maps the file's blocks (FIEMAP,
+    read while the filesystem is mounted) with the filesystem unmounted."""
+    try:
+        table = linear_table(linear_segments(file_extents(img), size), disk)
+    except RuntimeError as e:
+        raise RuntimeError("%s: %s" % (img, e))
 
     def linear_up():
         sh(["umount", MNT])
-        return dm_create("b-linear", "\n".join(lines))
+        return dm_create("b-linear", table)
 
     def linear_down():
         dm_remove("b-linear")
@@ -628,48 +676,138 @@ def dm_info(name, dev):
     return dict(l.split(": ", 1) for l in out.splitlines() if ": " in l)
 
 
-def setup_cost(sizes):
+def debugfs_extents(dev):
+    """A dm-loop device's extent table from debugfs, coalesced as
+    linear_segments() gives the file's; None without debugfs."""
+    paths = glob.glob("/sys/kernel/debug/dm-loop/dm-%d-0-*/extents" % int(dev.rsplit("-", 1)[1]))
+    if len(paths) != 1:
+        return None
+    seg = []
+    with open(paths[0]) as f:
+        for line in f:
+            if line.strip() and not line.startswith("#"):
+                _, d, n, h = line.split()
+                seg.append((int(d), int(n), int(h)))
+    return coalesce(seg)
+
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def umount(path):
+    """umount(2) (no exec: under TCG one costs a second or more after
+    drop_caches)."""
+    if LIBC.umount2(path.encode(), 0):
+        e = ctypes.get_errno()
+        raise OSError(e, "umount %s: %s" % (path, os.strerror(e)))
+
+
+def mount(dev, path, fstype="ext4"):
+    if LIBC.mount(dev.encode(), path.encode(), fstype.encode(), 0, None):
+        e = ctypes.get_errno()
+        raise OSError(e, "mount %s %s: %s" % (dev, path, os.strerror(e)))
+
+
+def setup_cost(sizes, disk, reps=SETUP_REPS):
     """Device creation time over contiguous and fragmented files, next to
-    filefrag and losetup on the same file, and the extent table's size."""
+    dm-linear over the same extents (from FIEMAP, created with the
+    filesystem unmounted), filefrag (with and without -v) and losetup on
+    the same file, and the extent table's size.  Each time is the median
+    of `reps` measurements ("reps" keeps them all; filefrag without -v is
+    timed once, as before); every dm-loop create is cold (caches dropped),
+    the filefrag runs follow a warm-up exec."""
     rows = []
     for size, piece in sizes:
         img = os.path.join(MNT, "setup-img")
-        t0 = time.monotonic()
+        t0 = t_row = time.monotonic()
         if piece:
             write_fragmented(img, size, piece)
         else:
             write_file(img, size)
         t_write = time.monotonic() - t0
-        drop_caches()
-        t0 = time.monotonic()
-        dev = dm_create("b-setup", "0 %d loop %s 0 1 require_block" % (size // 512, img))
-        t_dm = time.monotonic() - t0
-        info = dm_info("b-setup", dev)
-        t0 = time.monotonic()
-        dm_remove("b-setup")
-        t_rm = time.monotonic() - t0
+        steps = {"write": t_write}
+        name = "%d MiB %s" % (size // MiB, "%d KiB pieces" % (piece // KiB) if piece
+                              else "contiguous")
+        r = {k: [] for k in ("dmloop_create_s", "kernel_setup_ms", "dmloop_remove_s",
+                             "linear_create_s", "filefrag_s", "filefrag_v_s", "losetup_s")}
+        loop = Table("0 %d loop %s 0 1 require_block" % (size // 512, img))
+        dm_seg = None
+        for i in range(reps):
+            drop_caches()
+            t0 = time.monotonic()
+            dev = dm_create("b-setup", loop)
+            r["dmloop_create_s"].append(time.monotonic() - t0)
+            try:
+                info = dm_info("b-setup", dev)
+                if i == 0:
+                    dm_seg = debugfs_extents(dev)
+            finally:
+                t0 = time.monotonic()
+                dm_remove("b-setup")
+                r["dmloop_remove_s"].append(time.monotonic() - t0)
+            r["kernel_setup_ms"].append(int(info["setup_ns"]) / 1e6)
+        steps["dm-loop"] = time.monotonic() - t_row - t_write
+        # dm-linear over the same extents: the mounted filesystem holds its
+        # disk exclusively, so it is unmounted around the creates.
+        seg = linear_segments(file_extents(img), size)
+        linear = Table(linear_table(seg, disk))
+        steps["fiemap"] = time.monotonic() - t_row - sum(steps.values())
+        if dm_seg is not None and dm_seg != seg:
+            diff = next((i for i, (a, b) in enumerate(zip(dm_seg, seg)) if a != b),
+                        min(len(dm_seg), len(seg)))
+            ERRORS.append("setup %s: dm-loop's extent table (debugfs, %d runs) is not the "
+                          "file's FIEMAP (%d runs): run %d is %s in dm-loop, %s in FIEMAP" % (
+                              name, len(dm_seg), len(seg), diff,
+                              dm_seg[diff] if diff < len(dm_seg) else "-",
+                              seg[diff] if diff < len(seg) else "-"))
+            log("bench: " + ERRORS[-1])
+        umount(MNT)
+        try:
+            drop_caches()
+            for i in range(reps):
+                t0 = time.monotonic()
+                dm_create("b-setup-linear", linear)
+                r["linear_create_s"].append(time.monotonic() - t0)
+                dm_remove("b-setup-linear")
+        finally:
+            mount(disk, MNT)
+        steps["linear"] = time.monotonic() - t_row - sum(steps.values())
         drop_caches()
         sh(["filefrag", img])                  # once to warm the exec, then timed
         t0 = time.monotonic()
         ff = sh(["filefrag", img]).stdout
-        t_ff = time.monotonic() - t0
-        t0 = time.monotonic()
-        d = losetup(img, False)
-        t_lo = time.monotonic() - t0
-        losetup_detach(d)
+        r["filefrag_s"].append(time.monotonic() - t0)
+        for i in range(reps):
+            t0 = time.monotonic()
+            subprocess.run(["filefrag", "-v", img], stdout=subprocess.DEVNULL, check=True)
+            r["filefrag_v_s"].append(time.monotonic() - t0)
+        for i in range(reps):
+            t0 = time.monotonic()
+            d = losetup(img, False)
+            r["losetup_s"].append(time.monotonic() - t0)
+            losetup_detach(d)
+        steps["filefrag, losetup"] = time.monotonic() - t_row - sum(steps.values())
         extents = int(info["extents"])
         ff_extents = int(ff.split(":")[-1].split()[0])
+
+        def m(k, nd=4):
+            return round(statistics.median(r[k]), nd)
         rows.append({"file": "%d MiB" % (size // MiB),
                      "layout": "%d KiB pieces" % (piece // KiB) if piece else "contiguous",
+                     "walk": info.get("walk", "-"),
                      "extents": extents, "filefrag_extents": ff_extents,
+                     "linear_segments": len(seg),
                      "table_bytes": int(info["table_bytes"]),
                      "bytes_per_extent": round(int(info["table_bytes"]) / max(extents, 1), 1),
-                     "dmloop_create_s": round(t_dm, 3),
-                     "kernel_setup_ms": round(int(info["setup_ns"]) / 1e6, 2),
-                     "dmloop_remove_s": round(t_rm, 3),
-                     "filefrag_s": round(t_ff, 3), "losetup_s": round(t_lo, 3)})
+                     "dmloop_create_s": m("dmloop_create_s"),
+                     "linear_create_s": m("linear_create_s"),
+                     "kernel_setup_ms": m("kernel_setup_ms", 2),
+                     "dmloop_remove_s": m("dmloop_remove_s"),
+                     "filefrag_s": m("filefrag_s"), "filefrag_v_s": m("filefrag_v_s"),
+                     "losetup_s": m("losetup_s"),
+                     "reps": {k: [round(x, 6) for x in v] for k, v in r.items()}})
         os.unlink(img)
-        log("setup %s (file written in %.1f s)" % (rows[-1], t_write))
+        log("setup %s (%s)" % (rows[-1], ", ".join("%s %.1f s" % kv for kv in steps.items())))
     return rows
 
 
@@ -800,7 +938,7 @@ def main():
     # would also drop fio's sixty libraries read over 9p.
     if "setup" in only:
         with phase("setup"):
-            out["setup"] = setup_cost(m["setup"])
+            out["setup"] = setup_cost(m["setup"], disk)
     gi = {}                         # "fio", "brd", "uring" -> index in groups
     with phase("prepare"):
         warm = subprocess.Popen(["fio", "--version"], stdout=subprocess.DEVNULL)
