@@ -106,6 +106,135 @@ def failed_rows(raw, prefix):
     return ["- %s" % e for e in raw.get("errors", []) if e.startswith(prefix)]
 
 
+# The setup table's columns, in order (a raw.json from before a column
+# existed shows it empty; "walk" shows "-").  Ratios: create_x_linear is
+# dm-loop's create over dm-linear's on the same extents, setup_x_smallest
+# a contiguous file's kernel setup over the smallest contiguous file's,
+# setup_x_filefrag_v the kernel setup over `filefrag -v` on the file.
+SETUP_KEYS = ["file", "layout", "walk", "extents", "filefrag_extents", "table_bytes",
+              "bytes_per_extent", "dmloop_create_s", "linear_create_s", "create_x_linear",
+              "kernel_setup_ms", "setup_x_smallest", "filefrag_v_s", "setup_x_filefrag_v",
+              "dmloop_remove_s", "filefrag_s", "losetup_s"]
+SETUP_LIMITS = {"size": 1.5, "linear": 1.5, "filefrag_v": 2.0}
+
+
+def mib(row):
+    """A setup row's file size in MiB ("1024 MiB")."""
+    return int(row["file"].split()[0])
+
+
+def size_name(n):
+    return "%d GiB" % (n // 1024) if n >= 1024 and n % 1024 == 0 else "%d MiB" % n
+
+
+def setup_fig(row, key):
+    """The median of a setup figure, from its repetitions when the row has
+    them (the columns are rounded), else the column; None when absent."""
+    v = (row.get("reps") or {}).get(key)
+    if v:
+        return statistics.median(v)
+    return row.get(key)
+
+
+def setup_ratios(setup):
+    """{row index: {ratio column: value}} (ratios of medians)."""
+    out = {i: {} for i in range(len(setup))}
+    cont = [(mib(r), i) for i, r in enumerate(setup) if r.get("layout") == "contiguous"]
+    small = setup[min(cont)[1]] if cont else None
+    for i, r in enumerate(setup):
+        dl, ln = setup_fig(r, "dmloop_create_s"), setup_fig(r, "linear_create_s")
+        ks, fv = setup_fig(r, "kernel_setup_ms"), setup_fig(r, "filefrag_v_s")
+        if dl is not None and ln:
+            out[i]["create_x_linear"] = dl / ln
+        if r.get("layout") == "contiguous" and ks is not None and \
+                setup_fig(small, "kernel_setup_ms"):
+            out[i]["setup_x_smallest"] = ks / setup_fig(small, "kernel_setup_ms")
+        if ks is not None and fv:
+            out[i]["setup_x_filefrag_v"] = ks / (fv * 1000)
+    return out
+
+
+def setup_rows(setup):
+    """The setup table: SETUP_KEYS (then any other column of the raw rows
+    but their repetitions), with the ratios."""
+    ratios = setup_ratios(setup)
+    keys = SETUP_KEYS + [k for r in setup for k in r
+                         if k not in SETUP_KEYS and k not in ("reps", "linear_segments")]
+    keys = list(dict.fromkeys(keys))
+    rows = []
+    for i, r in enumerate(setup):
+        row = {k: r.get(k, "") for k in keys}
+        row["walk"] = r.get("walk") or "-"
+        for k, v in ratios[i].items():
+            row[k] = "%.2f" % v
+        rows.append(row)
+    return rows, keys
+
+
+def setup_targets(raw):
+    """The setup targets (issue 19): [(target, verdict, measured)].  In
+    quick mode the rows are the quick mode's sizes, and the target says so."""
+    setup = raw.get("setup") or []
+    quick = raw.get("mode") == "quick" or raw.get("quick")
+    tag = "; quick mode's sizes" if quick else ""
+    ratios = setup_ratios(setup)
+    out = []
+
+    def verdict(ok):
+        return "met" if ok else "NOT met"
+
+    def desc(r):
+        return "%s %s" % (size_name(mib(r)), r["layout"])
+
+    def rng(r, key, scale=1.0):
+        v = (r.get("reps") or {}).get(key)
+        return " (%s-%s)" % ("%.1f" % (min(v) * scale), "%.1f" % (max(v) * scale)) if v else ""
+
+    cont = sorted((mib(r), i) for i, r in enumerate(setup)
+                  if r.get("layout") == "contiguous" and setup_fig(r, "kernel_setup_ms"))
+    if len(cont) >= 2:
+        lo, hi = setup[cont[0][1]], setup[cont[-1][1]]
+        x = ratios[cont[-1][1]]["setup_x_smallest"]
+        lim = SETUP_LIMITS["size"]
+        out.append(("setup %s <= %gx %s (kernel%s)" % (
+            size_name(mib(hi)), lim, size_name(mib(lo)), tag), verdict(x <= lim),
+            "%.2fx: %s %.2f ms%s, %s %.2f ms%s (walk %s); all contiguous: %s" % (
+                x, size_name(mib(hi)), setup_fig(hi, "kernel_setup_ms"),
+                rng(hi, "kernel_setup_ms"), size_name(mib(lo)), setup_fig(lo, "kernel_setup_ms"),
+                rng(lo, "kernel_setup_ms"), hi.get("walk") or "-", ", ".join(
+                    "%s %.2f ms" % (size_name(m), setup_fig(setup[i], "kernel_setup_ms"))
+                    for m, i in cont))))
+    lin = [(ratios[i]["create_x_linear"], i) for i in range(len(setup))
+           if "create_x_linear" in ratios[i]]
+    if lin:
+        x, i = max(lin, key=lambda t: t[0])         # the first of equals
+        lim = SETUP_LIMITS["linear"]
+        r = setup[i]
+        out.append(("dmsetup create <= %gx dm-linear%s" % (lim, " (%s)" % tag[2:] if tag else ""),
+                    verdict(x <= lim),
+                    "highest %.2fx (%s: %.1f ms, dm-linear %.1f ms); all: %s" % (
+                        x, desc(r), setup_fig(r, "dmloop_create_s") * 1000,
+                        setup_fig(r, "linear_create_s") * 1000,
+                        ", ".join("%s %.2fx" % (desc(setup[j]), y) for y, j in
+                                  sorted(lin, key=lambda t: t[1])))))
+    frag = [i for i, r in enumerate(setup) if r.get("layout") != "contiguous" and
+            "setup_x_filefrag_v" in ratios[i]]
+    if frag:
+        n = sorted({setup[i]["extents"] for i in frag})
+        lim = SETUP_LIMITS["filefrag_v"]
+        x, i = max(((ratios[i]["setup_x_filefrag_v"], i) for i in frag), key=lambda t: t[0])
+        r = setup[i]
+        out.append(("%s extents: kernel setup <= %gx filefrag -v%s" % (
+            "{:,}".format(n[0]) if len(n) == 1 else "{:,}-{:,}".format(n[0], n[-1]), lim,
+            " (%s)" % tag[2:] if tag else ""), verdict(x <= lim),
+            "highest %.2fx (%s: kernel setup %.2f ms%s, filefrag -v %.2f ms%s); all: %s" % (
+                x, desc(r), setup_fig(r, "kernel_setup_ms"), rng(r, "kernel_setup_ms"),
+                setup_fig(r, "filefrag_v_s") * 1000, rng(r, "filefrag_v_s", 1000),
+                ", ".join("%s %.2fx" % (desc(setup[j]), ratios[j]["setup_x_filefrag_v"])
+                          for j in frag))))
+    return out
+
+
 def targets(raw, fs, brd):
     """The issue's targets, each with the figure that decides it."""
     out = []
@@ -166,7 +295,7 @@ def targets(raw, fs, brd):
         out.append(("extent table <= 24 B per extent", verdict(worst["bytes_per_extent"] <= 24),
                     "%.1f B per extent (%d extents, %d bytes)" % (
                         worst["bytes_per_extent"], worst["extents"], worst["table_bytes"])))
-    return out
+    return out + setup_targets(raw)
 
 
 def report(out, plot=True):
@@ -210,7 +339,8 @@ def report(out, plot=True):
             text += ("\nblock/linear, %s qd%d %s: %.2f (per repetition %s).\n" % (
                 wl, qd, URING_ENGINE, r[0], ", ".join("%.2f" % x for x in v)))
     text += "\n## Setup cost (block mode, require_block; losetup is LOOP_CONFIGURE)\n\n"
-    text += md_table(raw.get("setup", []))
+    st_rows, st_keys = setup_rows(raw.get("setup", []))
+    text += md_table(st_rows, st_keys)
     text += "\n## Scale (tests/bench/scale: N devices from one program)\n\n"
     text += md_table(raw.get("scale", []))
     tg = targets(raw, fs, brd)
@@ -242,8 +372,11 @@ def report(out, plot=True):
             w.writerow(dict(r, bench=URING_ENGINE, workload=e["workload"], qd=e["qd"]))
     for name in ("setup", "scale"):
         data = raw.get(name) or []
+        keys = list(data[0]) if data else ["none"]
+        if name == "setup" and data:
+            data, keys = st_rows, st_keys
         with open(os.path.join(out, "bench-%s.csv" % name), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(data[0]) if data else ["none"])
+            w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             w.writerows(data)
     print(text)

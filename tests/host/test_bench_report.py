@@ -358,3 +358,161 @@ def test_bench_plans_the_uring_group_in_both_modes():
         assert opts["ioengine"] == "io_uring" and opts["direct"] == 1
         assert opts["runtime"] == m["runtime"] and opts["size"] == m["file_size"]
     assert bench.MODES["quick"]["runtime"] == 1
+
+
+def with_setup(raw, full=False, loop_ms=(20.0, 22.0, 30.0), big_ms=(25.0, 27.0, 40.0),
+               create_s=(0.030, 0.031, 0.040), linear_s=(0.020, 0.022, 0.030),
+               frag_ms=(300.0, 310.0, 350.0), filefrag_v_s=(0.200, 0.180, 0.250)):
+    """raw with setup rows as bench.py writes them now (walk, dm-linear
+    over the same extents, filefrag -v, every figure's repetitions), at
+    the quick mode's sizes or the full mode's; the recorded run predates
+    them.  Figures made up: the smallest contiguous file's kernel setup
+    is loop_ms, the others' big_ms; every row's creates create_s and
+    linear_s; the fragmented rows' setup frag_ms and filefrag -v
+    filefrag_v_s."""
+    raw = json.loads(json.dumps(raw))
+    raw["mode"], raw["quick"] = ("full", False) if full else ("quick", True)
+    sizes = ([(1024, 0), (4096, 0), (16384, 0), (1024, 4), (4096, 16), (16384, 64)] if full
+             else [(4, 0), (64, 0), (4, 4)])
+    rows = []
+    for n, (size, piece) in enumerate(sizes):
+        ext = 262144 if full and piece else 1024 if piece else 1 + size // 1024
+        ks = frag_ms if piece else loop_ms if n == 0 else big_ms
+        reps = {"dmloop_create_s": list(create_s), "kernel_setup_ms": list(ks),
+                "dmloop_remove_s": [0.04] * 3, "linear_create_s": list(linear_s),
+                "filefrag_s": [0.05], "filefrag_v_s": list(filefrag_v_s),
+                "losetup_s": [0.003] * 3}
+        row = {"file": "%d MiB" % size,
+               "layout": "%d KiB pieces" % piece if piece else "contiguous",
+               "walk": "fiemap", "extents": ext, "filefrag_extents": ext,
+               "linear_segments": ext, "table_bytes": ext * 24, "bytes_per_extent": 24.0}
+        for k, v in reps.items():
+            row[k] = round(statistics.median(v), 4 if k.endswith("_s") else 2)
+        row["reps"] = reps
+        rows.append(row)
+    raw["setup"] = rows
+    raw["plan"]["setup"] = len(rows)
+    return raw
+
+
+def setup_section(md):
+    return md.split("## Setup cost", 1)[1].split("\n## ", 1)[0]
+
+
+def table(sec):
+    """A Markdown table's rows as dicts."""
+    lines = [l for l in sec.splitlines() if l.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(head, [c.strip() for c in l.strip("|").split("|")])) for l in lines[2:]]
+
+
+def target_lines(md):
+    return {r["target"]: r for r in table(md.split("## Targets", 1)[1].split("\n## ", 1)[0])}
+
+
+def test_setup_table_of_a_run_before_the_new_columns(report, raw):
+    """The recorded run has no walk, dm-linear or filefrag -v figures: the
+    walk column says "-", the new columns are empty, and the setup targets
+    are not decided on figures that are not there."""
+    _, out = report
+    rows = table(setup_section((out / "bench.md").read_text()))
+    assert len(rows) == len(raw["setup"])
+    assert all(r["walk"] == "-" and r["create_x_linear"] == "" and r["filefrag_v_s"] == ""
+               for r in rows)
+    assert [r["extents"] for r in rows] == [str(s["extents"]) for s in raw["setup"]]
+    tg = target_lines((out / "bench.md").read_text())
+    assert not [t for t in tg if "dm-linear" in t and "create" in t or "filefrag -v" in t or
+                t.startswith("setup ")]
+
+
+def test_setup_ratios_and_targets_quick(tmp_path, raw):
+    raw = with_setup(raw)
+    p = run_report(tmp_path, raw)
+    assert p.returncode == 0, p.stderr
+    md = (tmp_path / "bench.md").read_text()
+    rows = table(setup_section(md))
+    assert [(r["file"], r["layout"], r["walk"]) for r in rows] == [
+        ("4 MiB", "contiguous", "fiemap"), ("64 MiB", "contiguous", "fiemap"),
+        ("4 MiB", "4 KiB pieces", "fiemap")]
+    x_lin = statistics.median([0.030, 0.031, 0.040]) / statistics.median([0.020, 0.022, 0.030])
+    assert all(r["create_x_linear"] == "%.2f" % x_lin for r in rows)        # 1.41
+    assert rows[1]["setup_x_smallest"] == "%.2f" % (27.0 / 22.0)
+    assert rows[0]["setup_x_smallest"] == "1.00" and rows[2]["setup_x_smallest"] == ""
+    assert rows[2]["setup_x_filefrag_v"] == "%.2f" % (310.0 / 200.0)
+    tg = target_lines(md)
+    t = tg["setup 64 MiB <= 1.5x 4 MiB (kernel; quick mode's sizes)"]
+    assert t["verdict"] == "met" and t["measured"].startswith("1.23x: 64 MiB 27.00 ms (25.0-40.0)")
+    t = tg["dmsetup create <= 1.5x dm-linear (quick mode's sizes)"]
+    assert t["verdict"] == "met" and t["measured"].startswith("highest 1.41x")
+    t = tg["1,024 extents: kernel setup <= 2x filefrag -v (quick mode's sizes)"]
+    assert t["verdict"] == "met" and "kernel setup 310.00 ms" in t["measured"]
+    assert "filefrag -v 200.00 ms" in t["measured"]
+    csv_rows = read_csv(tmp_path / "bench-setup.csv")
+    assert [r["create_x_linear"] for r in csv_rows] == ["%.2f" % x_lin] * 3
+    assert "reps" not in csv_rows[0]
+
+
+def test_setup_targets_missed_full(tmp_path, raw):
+    """Full mode's sizes and target names; a figure over its limit is NOT
+    met, with the figures that missed it."""
+    raw = with_setup(raw, full=True, big_ms=(700.0, 720.0, 800.0), linear_s=(0.01,) * 3,
+                     filefrag_v_s=(0.1,) * 3)
+    p = run_report(tmp_path, raw)
+    assert p.returncode == 0, p.stderr
+    md = (tmp_path / "bench.md").read_text()
+    tg = target_lines(md)
+    t = tg["setup 16 GiB <= 1.5x 1 GiB (kernel)"]
+    assert t["verdict"] == "NOT met"
+    assert t["measured"].startswith("32.73x: 16 GiB 720.00 ms (700.0-800.0), 1 GiB 22.00 ms")
+    t = tg["dmsetup create <= 1.5x dm-linear"]
+    assert t["verdict"] == "NOT met" and t["measured"].startswith(
+        "highest 3.10x (1 GiB contiguous: 31.0 ms, dm-linear 10.0 ms)")
+    t = tg["262,144 extents: kernel setup <= 2x filefrag -v"]
+    assert t["verdict"] == "NOT met" and t["measured"].startswith("highest 3.10x")
+    assert t["measured"].count("pieces") == 4          # the worst, then all three
+    assert not [k for k in tg if "quick mode" in k]
+    rc, cases = junit(tmp_path, raw)
+    assert rc == 0 and cases["setup"] is None           # a missed target is no failure
+
+
+def test_junit_fails_a_table_that_is_not_the_files_fiemap(tmp_path, raw):
+    raw = with_setup(raw)
+    raw["errors"] = ["setup 4 MiB 4 KiB pieces: dm-loop's extent table (debugfs, 1023 runs) "
+                     "is not the file's FIEMAP (1024 runs): run 7 is ..."]
+    rc, cases = junit(tmp_path, raw)
+    assert rc == 1 and "not the file's FIEMAP" in cases["setup"]
+    assert [c for c, f in cases.items() if f] == ["setup"]
+
+
+def test_bench_linear_table_from_fiemap():
+    """dm-linear over the file: one segment per extent, merged where an
+    extent continues the one before on the disk too; a hole is an error."""
+    sys.path.insert(0, str(REPO / "tests" / "bench"))
+    import bench
+    # (logical, physical, length) in bytes, as file_extents() gives them
+    ext = [(0, 8192, 4096 * 100), (4096 * 100, 8192 + 4096 * 100, 4096 * 28),
+           (4096 * 128, 10 << 20, 4096 * 128), (4096 * 256, 20 << 20, 4096 * 256)]
+    seg = bench.linear_segments(ext, 4096 * 300)
+    assert seg == [(0, 1024, 16), (1024, 1024, 20480), (2048, 352, 40960)]
+    assert bench.linear_table(seg, "/dev/vda").splitlines()[1] == "1024 1024 linear /dev/vda 20480"
+    with pytest.raises(RuntimeError):
+        bench.linear_segments([ext[0], ext[2]], 4096 * 256)
+    # debugfs's table (split anywhere) compares equal once coalesced
+    assert bench.coalesce([(0, 512, 16), (512, 512, 528), (1024, 1024, 20480),
+                           (2048, 352, 40960)]) == seg
+    t = bench.Table("0 8 linear /dev/vda 0\n8 8 linear /dev/vda 100")
+    assert t.count == 2 and len(t.specs) == 2 * (40 + 16)   # parameters padded to 8 bytes
+
+
+def test_bench_plans_the_setup_targets_rows():
+    """Both modes have contiguous files 1:16 apart in size and a file of
+    one extent per piece; quick mode's files stay small (CI)."""
+    sys.path.insert(0, str(REPO / "tests" / "bench"))
+    import bench
+    for mode, m in bench.MODES.items():
+        cont = sorted(s for s, p in m["setup"] if not p)
+        assert cont[-1] == 16 * cont[0], mode
+        assert [s for s, p in m["setup"] if p], mode
+    full = bench.MODES["full"]["setup"]
+    assert {(1 << 30, None), (4 << 30, None), (16 << 30, None), (1 << 30, 4 << 10)} <= set(full)
+    assert max(s for s, _ in bench.MODES["quick"]["setup"]) <= 64 << 20
