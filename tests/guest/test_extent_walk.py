@@ -477,7 +477,7 @@ def test_extent_count_across_walk_batches(frag1k, count):
         dmloop.remove("batch")
 
 
-def test_more_than_50000_extents(scratch_fs):
+def test_more_than_50000_extents():
     """A file of 50,001 extents (one per 1 KiB block): block mode, the
     debugfs table is FIEMAP's, entry for entry; writes through the device
     at the start, the middle and the end are in the file afterwards."""
