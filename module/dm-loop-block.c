@@ -35,6 +35,16 @@ struct loop_extent_buf {
 	unsigned int nr;
 	unsigned int size;
 };
+
+/*
+ * What a walk returns besides 0 and an error: the file cannot be block
+ * mapped (lc->reason set), or FIEMAP cannot be used here (the bmap() walk
+ * does the job instead).  Positive, so that no errno a filesystem returns
+ * (-ENODATA for a medium error, say) can be taken for either.
+ */
+#define LOOP_WALK_UNMAPPABLE	1
+#define LOOP_WALK_NO_FIEMAP	2
+
 static int loop_extent_append(struct loop_extent_buf *buf, sector_t dev_sector,
 			      sector_t host_sector, sector_t len)
 {
@@ -70,12 +80,12 @@ static int loop_extent_append(struct loop_extent_buf *buf, sector_t dev_sector,
 	return 0;
 }
 
-/* File mode, for @reason at file block @block: the walks return -ENODATA. */
+/* File mode, for @reason at file block @block. */
 static int loop_unmappable(struct loop_c *lc, enum loop_reason reason, u64 block)
 {
 	lc->reason = reason;
 	lc->unmapped_block = block;
-	return -ENODATA;
+	return LOOP_WALK_UNMAPPABLE;
 }
 
 /*
@@ -95,12 +105,15 @@ static int loop_walk_bmap(struct loop_c *lc, struct loop_extent_buf *buf)
 	sector_t i;
 	int r;
 
+	lc->walk = LOOP_WALK_BMAP;
 	for (i = 0; i < nr_blocks; i++) {
 		sector_t block = first + i;
 
 		r = bmap(inode, &block);
-		if (r)
+		if (r) {
+			lc->ti->error = "Cannot read the file's layout";
 			return r;
+		}
 		if (!block)
 			return loop_unmappable(lc, LOOP_REASON_UNMAPPED, first + i);
 		if (block >= (host_sectors >> shift)) {
@@ -174,8 +187,8 @@ static sector_t loop_bmap_block(struct inode *inode, sector_t block)
 
 /*
  * Add what one FIEMAP record maps at w->pos to the table.  Returns 0,
- * -ENODATA when it cannot be mapped (lc->reason and the file block set),
- * or an error (ti->error set).
+ * LOOP_WALK_UNMAPPABLE (lc->reason and the file block set), or an error
+ * (ti->error set).
  */
 static int loop_fiemap_add(struct loop_fiemap_walk *w, struct loop_extent_buf *buf,
 			   const struct fiemap_extent *fe)
@@ -194,9 +207,17 @@ static int loop_fiemap_add(struct loop_fiemap_walk *w, struct loop_extent_buf *b
 		lc->ti->error = "Filesystem reported a malformed extent";
 		return -EIO;
 	}
-	/* What the last batch already mapped. */
-	if (logical + len <= w->pos)
-		return 0;
+	/*
+	 * Each record starts where the last one ended, or before w->pos for
+	 * the first of a batch (an extent the batch boundary cut): anything
+	 * else is a hole or a malformed map, never skipped.
+	 */
+	if (logical + len <= w->pos) {
+		DMERR("%s: FIEMAP went back to byte %llu", lc->path,
+		      (unsigned long long)logical);
+		lc->ti->error = "Filesystem reported a malformed extent";
+		return -EIO;
+	}
 	if (logical > w->pos)
 		return loop_unmappable(lc, LOOP_REASON_HOLE, w->pos >> bits);
 	reason = loop_fiemap_flags_reason(fe->fe_flags);
@@ -207,28 +228,30 @@ static int loop_fiemap_add(struct loop_fiemap_walk *w, struct loop_extent_buf *b
 
 	phys += w->pos - logical;
 	len = min(len - (w->pos - logical), w->end - w->pos);
-	if (phys + len > w->host_bytes) {
-		DMERR("%s: FIEMAP gave block %llu beyond the host device",
-		      lc->path, (unsigned long long)((phys + len - 1) >> bits));
-		lc->ti->error = "Filesystem mapped a block beyond its device";
-		return -EIO;
-	}
 
 	/*
-	 * The second witness: bmap() must say the same at both ends.  It
-	 * says 0 for what FIEMAP may not flag, e.g. any block of an XFS inode
-	 * that has been reflinked or is on the realtime device.
+	 * The second witness: bmap() must say the same at both ends (and
+	 * block 0, its "none", is never file data).  It says 0 for what
+	 * FIEMAP may not flag: any block of an XFS inode that has been
+	 * reflinked, or of a realtime one, whose addresses are on the
+	 * realtime device (so this comes before the bounds check).
 	 */
 	first = w->pos >> bits;
 	last = first + (len >> bits) - 1;
 	pblk = phys >> bits;
 	if (w->witness_all || !w->witnessed) {
-		if (loop_bmap_block(w->inode, first) != pblk)
+		if (!pblk || loop_bmap_block(w->inode, first) != pblk)
 			return loop_unmappable(lc, LOOP_REASON_BMAP_MISMATCH, first);
 		if (last != first &&
 		    loop_bmap_block(w->inode, last) != pblk + (last - first))
 			return loop_unmappable(lc, LOOP_REASON_BMAP_MISMATCH, last);
 		w->witnessed = true;
+	}
+	if (phys + len > w->host_bytes) {
+		DMERR("%s: FIEMAP gave block %llu beyond the host device",
+		      lc->path, (unsigned long long)((phys + len - 1) >> bits));
+		lc->ti->error = "Filesystem mapped a block beyond its device";
+		return -EIO;
 	}
 
 	r = loop_extent_append(buf, (w->pos - lc->offset) >> SECTOR_SHIFT,
@@ -246,8 +269,17 @@ static int loop_fiemap_add(struct loop_fiemap_walk *w, struct loop_extent_buf *b
  * FS_IOC_FIEMAP does: ->fiemap() copies its records to user memory, so
  * they go through a buffer mapped into the caller's address space (the
  * constructor runs in its ioctl) for the walk.  FIEMAP_FLAG_SYNC writes
- * delayed allocations out first.  Returns 0, -ENODATA (lc->reason set) or
- * an error (ti->error set).
+ * delayed allocations out first.
+ *
+ * The buffer is the caller's memory: another thread of the caller could
+ * rewrite a record between the filesystem's write and our read, and
+ * bmap() checks only each extent's ends.  So the walk is only for a
+ * caller whose address space no one else uses (mm_users 1, before and
+ * after: dmsetup, lvm); any other gets the bmap() walk, as does one whose
+ * buffer cannot be mapped or read.
+ *
+ * Returns 0, LOOP_WALK_UNMAPPABLE (lc->reason set), LOOP_WALK_NO_FIEMAP,
+ * or an error (ti->error set).
  */
 static int loop_walk_fiemap(struct loop_c *lc, struct loop_extent_buf *buf,
 			    bool witness_all)
@@ -268,18 +300,23 @@ static int loop_walk_fiemap(struct loop_c *lc, struct loop_extent_buf *buf,
 	unsigned int i;
 	int r = 0;
 
+	if (atomic_read(&current->mm->mm_users) != 1)
+		return LOOP_WALK_NO_FIEMAP;
 	fe = kvmalloc(size, GFP_KERNEL);
 	if (!fe) {
-		lc->ti->error = "Cannot allocate extent table";
+		lc->ti->error = "Cannot allocate a buffer for the file's extent map";
 		return -ENOMEM;
 	}
+	/* Its limits (RLIMIT_AS, overcommit) are the caller's: bmap() then. */
 	uaddr = vm_mmap(NULL, 0, size, PROT_READ | PROT_WRITE,
 			MAP_ANONYMOUS | MAP_PRIVATE, 0);
 	if (IS_ERR_VALUE(uaddr)) {
-		lc->ti->error = "Cannot map a buffer for the file's extent map";
-		r = (int)(long)uaddr;
+		r = (long)uaddr == -EINTR ? -EINTR : LOOP_WALK_NO_FIEMAP;
+		if (r == -EINTR)
+			lc->ti->error = "Interrupted while reading the file's layout";
 		goto out_free;
 	}
+	lc->walk = LOOP_WALK_FIEMAP;
 
 	while (w.pos < w.end) {
 		struct fiemap_extent_info fi = {
@@ -290,6 +327,11 @@ static int loop_walk_fiemap(struct loop_c *lc, struct loop_extent_buf *buf,
 		u64 from = w.pos;
 
 		r = inode->i_op->fiemap(inode, &fi, w.pos, w.end - w.pos);
+		/* The buffer could not be written: bmap() then, unless killed. */
+		if ((r == -EFAULT || r == -EOPNOTSUPP) && !fatal_signal_pending(current)) {
+			r = LOOP_WALK_NO_FIEMAP;
+			break;
+		}
 		if (r) {
 			DMERR("%s: FIEMAP failed at byte %llu: %d", lc->path,
 			      (unsigned long long)w.pos, r);
@@ -303,8 +345,7 @@ static int loop_walk_fiemap(struct loop_c *lc, struct loop_extent_buf *buf,
 		}
 		if (copy_from_user(fe, fi.fi_extents_start,
 				   fi.fi_extents_mapped * sizeof(*fe))) {
-			lc->ti->error = "Cannot read the file's extent map";
-			r = -EFAULT;
+			r = LOOP_WALK_NO_FIEMAP;
 			break;
 		}
 		for (i = 0; i < fi.fi_extents_mapped && w.pos < w.end; i++) {
@@ -333,8 +374,13 @@ static int loop_walk_fiemap(struct loop_c *lc, struct loop_extent_buf *buf,
 	}
 out:
 	vm_munmap(uaddr, size);
+	/* Someone came to share the address space meanwhile: not trusted. */
+	if (!r && atomic_read(&current->mm->mm_users) != 1)
+		r = LOOP_WALK_NO_FIEMAP;
 out_free:
 	kvfree(fe);
+	if (r == LOOP_WALK_NO_FIEMAP)
+		lc->walk = LOOP_WALK_NONE;
 	return r;
 }
 
@@ -372,7 +418,7 @@ int loop_block_setup(struct loop_c *lc)
 	struct inode *inode = file_inode(lc->file);
 	struct address_space *mapping = lc->file->f_mapping;
 	struct loop_extent_buf seen = {}, buf = {};
-	bool reloading, frozen, fiemap;
+	bool reloading, frozen, fiemap, walked = false;
 	int r;
 
 	lc->host_bdev = inode->i_sb->s_bdev;
@@ -381,23 +427,21 @@ int loop_block_setup(struct loop_c *lc)
 	snprintf(lc->host_dm_dev.name, sizeof(lc->host_dm_dev.name), "%u:%u",
 		 MAJOR(lc->host_bdev->bd_dev), MINOR(lc->host_bdev->bd_dev));
 	fiemap = loop_can_fiemap(inode);
-	lc->walk = fiemap ? LOOP_WALK_FIEMAP : LOOP_WALK_BMAP;
 
 	/*
-	 * 1: this device's live table has held the pin all along (a reload):
-	 * nothing can have changed the layout, and the checks that fall back
-	 * to file mode would fail instead (a pinned file refuses a file-mode
-	 * table), so they are for a new pin only.
+	 * 1: this device holds the pin (a reload over its live table's
+	 * file): nothing can have changed the layout, and the checks that
+	 * fall back to file mode would fail instead (a pinned file refuses a
+	 * file-mode table), so they are for a new pin only.
 	 */
 	r = loop_inode_probe(lc);
 	if (r == -EAGAIN)
 		goto in_use;
 	if (r < 0)
 		goto out;
-	reloading = r == 1;
 
-	if (!reloading) {
-		r = 1;
+	if (r != 1) {
+		r = LOOP_WALK_UNMAPPABLE;
 		if (loop_sb_frozen(inode->i_sb)) {
 			lc->reason = LOOP_REASON_FROZEN;
 			goto out;
@@ -409,9 +453,10 @@ int loop_block_setup(struct loop_c *lc)
 		/* The bmap() walk costs a call per block: once, pinned. */
 		if (fiemap) {
 			r = loop_walk_fiemap(lc, &seen, false);
-			if (r == -ENODATA)
-				r = 1;
-			if (r)
+			walked = !r;
+			if (r == LOOP_WALK_NO_FIEMAP)
+				fiemap = false;
+			else if (r)
 				goto out;
 		}
 	}
@@ -422,14 +467,10 @@ int loop_block_setup(struct loop_c *lc)
 	if (r < 0)
 		goto out;
 	/*
-	 * The probe's answer changed: a resume of this device swapped tables
-	 * in between.  The checks made for it may not fit: file mode.
+	 * From the pin itself: the probe's answer may be stale (a resume or
+	 * clear of this device destroyed the table holding the pin since).
 	 */
-	if (reloading != (r == 1)) {
-		lc->reason = LOOP_REASON_CHANGED;
-		r = 1;
-		goto bad;
-	}
+	reloading = r == 1;
 
 	/*
 	 * vfs_fallocate() tests IS_SWAPFILE before the filesystem takes its
@@ -440,7 +481,7 @@ int loop_block_setup(struct loop_c *lc)
 	 * sb_start_write(), which sleeps while the filesystem is frozen) is
 	 * the window swapon has too; a frozen filesystem gives file mode.
 	 */
-	r = 1;
+	r = LOOP_WALK_UNMAPPABLE;
 	frozen = loop_sb_frozen(inode->i_sb);
 	inode_lock(inode);
 	filemap_invalidate_lock(mapping);
@@ -471,19 +512,23 @@ int loop_block_setup(struct loop_c *lc)
 	/* The page cache must not hide what we write to the blocks. */
 	if (invalidate_inode_pages2(mapping) && !reloading) {
 		lc->reason = LOOP_REASON_CACHE_BUSY;
-		r = 1;
+		r = LOOP_WALK_UNMAPPABLE;
 		goto bad;
 	}
 
 	/* The walk that counts: under the pin, bmap() at every extent's ends. */
-	r = fiemap ? loop_walk_fiemap(lc, &buf, true) : loop_walk_bmap(lc, &buf);
-	if (r == -ENODATA)
-		r = 1;
+	r = fiemap ? loop_walk_fiemap(lc, &buf, true) : LOOP_WALK_NO_FIEMAP;
+	if (r == LOOP_WALK_NO_FIEMAP) {
+		kvfree(buf.v);
+		buf = (struct loop_extent_buf){};
+		walked = false;
+		r = loop_walk_bmap(lc, &buf);
+	}
 	if (r)
 		goto bad;
-	if (fiemap && !reloading && !loop_extents_equal(&seen, &buf)) {
+	if (walked && !loop_extents_equal(&seen, &buf)) {
 		lc->reason = LOOP_REASON_CHANGED;
-		r = 1;
+		r = LOOP_WALK_UNMAPPABLE;
 		goto bad;
 	}
 	kvfree(seen.v);
@@ -510,7 +555,7 @@ int loop_block_setup(struct loop_c *lc)
 
 in_use:
 	lc->reason = LOOP_REASON_IN_USE;
-	r = 1;
+	r = LOOP_WALK_UNMAPPABLE;
 	goto out;
 bad:
 	loop_inode_unpin(lc);
@@ -518,7 +563,12 @@ out:
 	kvfree(seen.v);
 	kvfree(buf.v);
 	lc->host_bdev = NULL;
-	return r;
+	/* 1 (file mode) only with a reason; a filesystem's errno stays one. */
+	if (r > 0 && lc->reason == LOOP_REASON_NONE) {
+		lc->ti->error = "Cannot read the file's layout";
+		r = -EIO;
+	}
+	return r > 0 ? 1 : r;
 }
 
 void loop_block_teardown(struct loop_c *lc)
