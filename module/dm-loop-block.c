@@ -273,16 +273,18 @@ static int loop_fiemap_add(struct loop_fiemap_walk *w, struct loop_extent_buf *b
  *
  * The buffer is the caller's memory: another thread of the caller could
  * rewrite a record between the filesystem's write and our read, and
- * bmap() checks only each extent's ends.  So the walk is only for a
- * caller whose address space no one else uses (mm_users 1, before and
- * after: dmsetup, lvm); any other gets the bmap() walk, as does one whose
- * buffer cannot be mapped or read.
+ * bmap() checks only each extent's ends.  So the walk a table is built
+ * from (@trusted) is only for a caller whose address space no one else
+ * uses (mm_users 1, before and after: dmsetup, lvm); any other gets the
+ * bmap() walk for it, as does one whose buffer cannot be mapped or read.
+ * The walk before the pin only decides whether to pin: a forged record
+ * there can give file mode, or a pin and the walk that counts.
  *
  * Returns 0, LOOP_WALK_UNMAPPABLE (lc->reason set), LOOP_WALK_NO_FIEMAP,
  * or an error (ti->error set).
  */
 static int loop_walk_fiemap(struct loop_c *lc, struct loop_extent_buf *buf,
-			    bool witness_all)
+			    bool trusted)
 {
 	const size_t size = LOOP_FIEMAP_BATCH * sizeof(struct fiemap_extent);
 	struct inode *inode = file_inode(lc->file);
@@ -293,14 +295,14 @@ static int loop_walk_fiemap(struct loop_c *lc, struct loop_extent_buf *buf,
 		.end = round_up(lc->offset + ((u64)lc->ti->len << SECTOR_SHIFT),
 				(u64)i_blocksize(inode)),
 		.host_bytes = bdev_nr_bytes(lc->host_bdev),
-		.witness_all = witness_all,
+		.witness_all = trusted,
 	};
 	struct fiemap_extent *fe;
 	unsigned long uaddr;
 	unsigned int i;
 	int r = 0;
 
-	if (atomic_read(&current->mm->mm_users) != 1)
+	if (trusted && atomic_read(&current->mm->mm_users) != 1)
 		return LOOP_WALK_NO_FIEMAP;
 	fe = kvmalloc(size, GFP_KERNEL);
 	if (!fe) {
@@ -375,7 +377,7 @@ static int loop_walk_fiemap(struct loop_c *lc, struct loop_extent_buf *buf,
 out:
 	vm_munmap(uaddr, size);
 	/* Someone came to share the address space meanwhile: not trusted. */
-	if (!r && atomic_read(&current->mm->mm_users) != 1)
+	if (!r && trusted && atomic_read(&current->mm->mm_users) != 1)
 		r = LOOP_WALK_NO_FIEMAP;
 out_free:
 	kvfree(fe);
@@ -458,6 +460,7 @@ int loop_block_setup(struct loop_c *lc)
 				fiemap = false;
 			else if (r)
 				goto out;
+			r = 0;
 		}
 	}
 
@@ -521,7 +524,6 @@ int loop_block_setup(struct loop_c *lc)
 	if (r == LOOP_WALK_NO_FIEMAP) {
 		kvfree(buf.v);
 		buf = (struct loop_extent_buf){};
-		walked = false;
 		r = loop_walk_bmap(lc, &buf);
 	}
 	if (r)

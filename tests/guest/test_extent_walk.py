@@ -674,3 +674,63 @@ def test_fallback_never_pins_the_file(ext4):
     assert counts["pwrite"] > 25 and counts["fallocate"] > 25, counts
     assert set(creates) == {("file", want)}, creates
     assert set(reloads) == {("file", want)}, reloads
+
+
+# ------------------------------------------------------------ a loader that shares its memory
+
+def test_multithreaded_loader_gets_the_bmap_walk_under_the_pin(frag1k):
+    """The FIEMAP records pass through the loader's memory, where another
+    thread of it could rewrite one between the filesystem's write and the
+    module's read.  So while a second thread of this process lives, the
+    table comes from the bmap() walk (`walk: bmap`), and it is the table a
+    single-threaded load builds with FIEMAP; the walk before the pin still
+    uses FIEMAP (a sparse file: file mode, `hole:`, never pinned, `walk:
+    fiemap`)."""
+    img = frag1k / ("c%d" % (WALK_BATCH + 1))
+    size = (WALK_BATCH + 1) * KiB
+    sparse = frag1k / "sparse-mt"
+    dmloop.write_random(sparse, 64 * KiB, seed=13, fsync=True)
+    os.truncate(sparse, MiB)
+    import threading
+    with DmControl() as dm:
+        def load(line):
+            dm.create("mt")
+            dm.load_line("mt", line)
+            dm.resume("mt")
+            info = dict(ln.split(": ", 1) for ln in dm.message("mt", 0, "info").splitlines())
+            return info.get("walk"), dm.status("mt")[0][3].split()
+
+        def kernel_table(name):
+            minor = os.minor(dm.info(name).devno)
+            insts = sorted(DEBUGFS.glob("dm-%d-0-*" % minor),
+                           key=lambda p: int(p.name.split("-")[-1]))
+            lines = (insts[0] / "extents").read_text().splitlines()
+            return [tuple(int(x) for x in ln.split()[1:]) for ln in lines
+                    if ln.strip() and not ln.startswith("#")]
+
+        try:
+            assert threading.active_count() == 1, threading.enumerate()
+            walk, st = load(table(img, size))
+            alone = kernel_table("mt")
+            assert (walk, st[0]) == ("fiemap", "block"), (walk, st)
+        finally:
+            dm.remove_retry("mt")
+        stop = threading.Event()
+        t = threading.Thread(target=stop.wait, daemon=True)
+        t.start()
+        try:
+            try:
+                walk, st = load(table(img, size))
+                assert (walk, st[0]) == ("bmap", "block"), (walk, st)
+                assert kernel_table("mt") == alone
+            finally:
+                dm.remove_retry("mt")
+            try:
+                walk, st = load(table(sparse, MiB))
+                assert (walk, st[0], st[6]) == (
+                    "fiemap", "file", "hole:%d" % (64 * KiB // block_size(frag1k))), (walk, st)
+            finally:
+                dm.remove_retry("mt")
+        finally:
+            stop.set()
+            t.join(10)
