@@ -106,4 +106,17 @@ static inline void dmloop_file_queue_flags(struct request_queue *q, bool rotatio
 }
 #endif
 
+/* VMA flags: set through vm_flags_set() from 6.3 (vm_flags became const). */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 3, 0)
+static inline void dmloop_vm_flags_set(struct vm_area_struct *vma, vm_flags_t flags)
+{
+	vm_flags_set(vma, flags);
+}
+#else
+static inline void dmloop_vm_flags_set(struct vm_area_struct *vma, vm_flags_t flags)
+{
+	vma->vm_flags |= flags;
+}
+#endif
+
 #endif /* DM_LOOP_COMPAT_H */

@@ -19,6 +19,7 @@
 #include <linux/uaccess.h>
 
 #include "dm-loop.h"
+#include "compat.h"
 
 /* bmap() walk: how many blocks between two checks for rescheduling and signals. */
 #define LOOP_WALK_BATCH 1024
@@ -42,8 +43,11 @@ struct loop_extent_buf {
  * does the job instead).  Positive, so that no errno a filesystem returns
  * (-ENODATA for a medium error, say) can be taken for either.
  */
-#define LOOP_WALK_UNMAPPABLE	1
-#define LOOP_WALK_NO_FIEMAP	2
+#define LOOP_RET_UNMAPPABLE	1
+#define LOOP_RET_NO_FIEMAP	2
+
+/* The walk's buffer: no one but the filesystem and us may write it. */
+#define LOOP_FIEMAP_VM_FLAGS	(VM_IO | VM_DONTCOPY | VM_DONTEXPAND | VM_DONTDUMP)
 
 static int loop_extent_append(struct loop_extent_buf *buf, sector_t dev_sector,
 			      sector_t host_sector, sector_t len)
@@ -85,7 +89,7 @@ static int loop_unmappable(struct loop_c *lc, enum loop_reason reason, u64 block
 {
 	lc->reason = reason;
 	lc->unmapped_block = block;
-	return LOOP_WALK_UNMAPPABLE;
+	return LOOP_RET_UNMAPPABLE;
 }
 
 /*
@@ -177,6 +181,7 @@ struct loop_fiemap_walk {
 	u64 host_bytes;
 	bool witness_all;	/* bmap() at both ends of every extent */
 	bool witnessed;		/* ... or at the first extent only */
+	bool batch_start;	/* the record is the first of its batch */
 };
 
 /* bmap() of one file block, 0 for none (and for an error). */
@@ -187,7 +192,7 @@ static sector_t loop_bmap_block(struct inode *inode, sector_t block)
 
 /*
  * Add what one FIEMAP record maps at w->pos to the table.  Returns 0,
- * LOOP_WALK_UNMAPPABLE (lc->reason and the file block set), or an error
+ * LOOP_RET_UNMAPPABLE (lc->reason and the file block set), or an error
  * (ti->error set).
  */
 static int loop_fiemap_add(struct loop_fiemap_walk *w, struct loop_extent_buf *buf,
@@ -212,7 +217,7 @@ static int loop_fiemap_add(struct loop_fiemap_walk *w, struct loop_extent_buf *b
 	 * the first of a batch (an extent the batch boundary cut): anything
 	 * else is a hole or a malformed map, never skipped.
 	 */
-	if (logical + len <= w->pos) {
+	if (logical + len <= w->pos || (logical < w->pos && !w->batch_start)) {
 		DMERR("%s: FIEMAP went back to byte %llu", lc->path,
 		      (unsigned long long)logical);
 		lc->ti->error = "Filesystem reported a malformed extent";
@@ -265,22 +270,47 @@ static int loop_fiemap_add(struct loop_fiemap_walk *w, struct loop_extent_buf *b
 }
 
 /*
+ * Make the walk's buffer, just mapped at @uaddr, VM_IO and the rest; only
+ * if it is a VMA of its own.  0, or LOOP_RET_NO_FIEMAP.
+ */
+static int loop_fiemap_seal(unsigned long uaddr, size_t size)
+{
+	struct mm_struct *mm = current->mm;
+	struct vm_area_struct *vma;
+	int r = LOOP_RET_NO_FIEMAP;
+
+	if (mmap_write_lock_killable(mm))
+		return r;
+	vma = vma_lookup(mm, uaddr);
+	if (vma && vma->vm_start == uaddr && vma->vm_end == uaddr + PAGE_ALIGN(size) &&
+	    vma_is_anonymous(vma)) {
+		dmloop_vm_flags_set(vma, LOOP_FIEMAP_VM_FLAGS);
+		r = 0;
+	}
+	mmap_write_unlock(mm);
+	return r;
+}
+
+/*
  * Read the mapped range's extents from the filesystem's own map, as
  * FS_IOC_FIEMAP does: ->fiemap() copies its records to user memory, so
  * they go through a buffer mapped into the caller's address space (the
  * constructor runs in its ioctl) for the walk.  FIEMAP_FLAG_SYNC writes
  * delayed allocations out first.
  *
- * The buffer is the caller's memory: another thread of the caller could
- * rewrite a record between the filesystem's write and our read, and
+ * The buffer is the caller's memory: anyone else who could write it
+ * could rewrite a record between the filesystem's write and our read, and
  * bmap() checks only each extent's ends.  So the walk a table is built
  * from (@trusted) is only for a caller whose address space no one else
- * uses (mm_users 1, before and after: dmsetup, lvm); any other gets the
- * bmap() walk for it, as does one whose buffer cannot be mapped or read.
- * The walk before the pin only decides whether to pin: a forged record
- * there can give file mode, or a pin and the walk that counts.
+ * uses (mm_users 1, before and after: dmsetup, lvm: no other thread),
+ * and the buffer's VMA is VM_IO, which get_user_pages() refuses: no
+ * process_vm_writev(), /proc/<pid>/mem or ptrace write can reach it, and
+ * it is not copied by fork.  Any other caller gets the bmap() walk for
+ * it, as does one whose buffer cannot be mapped or read.  The walk before
+ * the pin only decides whether to pin: a forged record there can give
+ * file mode, or a pin and the walk that counts.
  *
- * Returns 0, LOOP_WALK_UNMAPPABLE (lc->reason set), LOOP_WALK_NO_FIEMAP,
+ * Returns 0, LOOP_RET_UNMAPPABLE (lc->reason set), LOOP_RET_NO_FIEMAP,
  * or an error (ti->error set).
  */
 static int loop_walk_fiemap(struct loop_c *lc, struct loop_extent_buf *buf,
@@ -303,21 +333,28 @@ static int loop_walk_fiemap(struct loop_c *lc, struct loop_extent_buf *buf,
 	int r = 0;
 
 	if (trusted && atomic_read(&current->mm->mm_users) != 1)
-		return LOOP_WALK_NO_FIEMAP;
+		return LOOP_RET_NO_FIEMAP;
 	fe = kvmalloc(size, GFP_KERNEL);
 	if (!fe) {
 		lc->ti->error = "Cannot allocate a buffer for the file's extent map";
 		return -ENOMEM;
 	}
-	/* Its limits (RLIMIT_AS, overcommit) are the caller's: bmap() then. */
+	/*
+	 * Its limits (RLIMIT_AS, overcommit) are the caller's: bmap() then.
+	 * MAP_NORESERVE keeps it from merging with the caller's own anonymous
+	 * memory, whose flags must not change (bmap() too if it did merge).
+	 */
 	uaddr = vm_mmap(NULL, 0, size, PROT_READ | PROT_WRITE,
-			MAP_ANONYMOUS | MAP_PRIVATE, 0);
+			MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE, 0);
 	if (IS_ERR_VALUE(uaddr)) {
-		r = (long)uaddr == -EINTR ? -EINTR : LOOP_WALK_NO_FIEMAP;
+		r = (long)uaddr == -EINTR ? -EINTR : LOOP_RET_NO_FIEMAP;
 		if (r == -EINTR)
 			lc->ti->error = "Interrupted while reading the file's layout";
 		goto out_free;
 	}
+	r = loop_fiemap_seal(uaddr, size);
+	if (r)
+		goto out;
 	lc->walk = LOOP_WALK_FIEMAP;
 
 	while (w.pos < w.end) {
@@ -331,7 +368,7 @@ static int loop_walk_fiemap(struct loop_c *lc, struct loop_extent_buf *buf,
 		r = inode->i_op->fiemap(inode, &fi, w.pos, w.end - w.pos);
 		/* The buffer could not be written: bmap() then, unless killed. */
 		if ((r == -EFAULT || r == -EOPNOTSUPP) && !fatal_signal_pending(current)) {
-			r = LOOP_WALK_NO_FIEMAP;
+			r = LOOP_RET_NO_FIEMAP;
 			break;
 		}
 		if (r) {
@@ -347,10 +384,11 @@ static int loop_walk_fiemap(struct loop_c *lc, struct loop_extent_buf *buf,
 		}
 		if (copy_from_user(fe, fi.fi_extents_start,
 				   fi.fi_extents_mapped * sizeof(*fe))) {
-			r = LOOP_WALK_NO_FIEMAP;
+			r = LOOP_RET_NO_FIEMAP;
 			break;
 		}
 		for (i = 0; i < fi.fi_extents_mapped && w.pos < w.end; i++) {
+			w.batch_start = !i;
 			r = loop_fiemap_add(&w, buf, &fe[i]);
 			if (r)
 				goto out;
@@ -378,10 +416,10 @@ out:
 	vm_munmap(uaddr, size);
 	/* Someone came to share the address space meanwhile: not trusted. */
 	if (!r && trusted && atomic_read(&current->mm->mm_users) != 1)
-		r = LOOP_WALK_NO_FIEMAP;
+		r = LOOP_RET_NO_FIEMAP;
 out_free:
 	kvfree(fe);
-	if (r == LOOP_WALK_NO_FIEMAP)
+	if (r == LOOP_RET_NO_FIEMAP)
 		lc->walk = LOOP_WALK_NONE;
 	return r;
 }
@@ -443,7 +481,7 @@ int loop_block_setup(struct loop_c *lc)
 		goto out;
 
 	if (r != 1) {
-		r = LOOP_WALK_UNMAPPABLE;
+		r = LOOP_RET_UNMAPPABLE;
 		if (loop_sb_frozen(inode->i_sb)) {
 			lc->reason = LOOP_REASON_FROZEN;
 			goto out;
@@ -456,7 +494,7 @@ int loop_block_setup(struct loop_c *lc)
 		if (fiemap) {
 			r = loop_walk_fiemap(lc, &seen, false);
 			walked = !r;
-			if (r == LOOP_WALK_NO_FIEMAP)
+			if (r == LOOP_RET_NO_FIEMAP)
 				fiemap = false;
 			else if (r)
 				goto out;
@@ -484,7 +522,7 @@ int loop_block_setup(struct loop_c *lc)
 	 * sb_start_write(), which sleeps while the filesystem is frozen) is
 	 * the window swapon has too; a frozen filesystem gives file mode.
 	 */
-	r = LOOP_WALK_UNMAPPABLE;
+	r = LOOP_RET_UNMAPPABLE;
 	frozen = loop_sb_frozen(inode->i_sb);
 	inode_lock(inode);
 	filemap_invalidate_lock(mapping);
@@ -515,13 +553,13 @@ int loop_block_setup(struct loop_c *lc)
 	/* The page cache must not hide what we write to the blocks. */
 	if (invalidate_inode_pages2(mapping) && !reloading) {
 		lc->reason = LOOP_REASON_CACHE_BUSY;
-		r = LOOP_WALK_UNMAPPABLE;
+		r = LOOP_RET_UNMAPPABLE;
 		goto bad;
 	}
 
 	/* The walk that counts: under the pin, bmap() at every extent's ends. */
-	r = fiemap ? loop_walk_fiemap(lc, &buf, true) : LOOP_WALK_NO_FIEMAP;
-	if (r == LOOP_WALK_NO_FIEMAP) {
+	r = fiemap ? loop_walk_fiemap(lc, &buf, true) : LOOP_RET_NO_FIEMAP;
+	if (r == LOOP_RET_NO_FIEMAP) {
 		kvfree(buf.v);
 		buf = (struct loop_extent_buf){};
 		r = loop_walk_bmap(lc, &buf);
@@ -530,7 +568,7 @@ int loop_block_setup(struct loop_c *lc)
 		goto bad;
 	if (walked && !loop_extents_equal(&seen, &buf)) {
 		lc->reason = LOOP_REASON_CHANGED;
-		r = LOOP_WALK_UNMAPPABLE;
+		r = LOOP_RET_UNMAPPABLE;
 		goto bad;
 	}
 	kvfree(seen.v);
@@ -557,7 +595,7 @@ int loop_block_setup(struct loop_c *lc)
 
 in_use:
 	lc->reason = LOOP_REASON_IN_USE;
-	r = LOOP_WALK_UNMAPPABLE;
+	r = LOOP_RET_UNMAPPABLE;
 	goto out;
 bad:
 	loop_inode_unpin(lc);
