@@ -179,13 +179,23 @@ GUEST_DESELECT ?= \
 	$(G)/test_tables.py::test_force_file_gives_file_mode \
 	$(G)/test_tables.py::test_table_prints_canonical_form_of_equivalent_input
 # Left out on 6.12 and 7.2 only (CI time): more offsets of the same data
-# checks, the largest extent tables, and the matrix subset (its cells are
-# the same layouts the data and extent-walk tests build there); the offset
+# checks, the largest extent tables, the matrix subset (its cells are the
+# same layouts the data and extent-walk tests build there), and variants
+# whose other cases run there (discard on ext4 and tmpfs, NFS reads, the
+# block-mode reload under fio, one hostile-table race, the stacking check,
+# which the debug kernel runs too); the offset
 # arithmetic and the table building are the module's, the same on every
 # kernel, and each filesystem keeps its offset-0 case there, the walk its
 # batch cases.  `make matrix KERNEL=7.2` runs the whole matrix there.
 PREBUILT_DESELECT ?= \
 	$(G)/test_matrix.py \
+	$(G)/test_file_mode.py::test_discard_and_write_zeroes[nfs4] \
+	$(G)/test_file_mode.py::test_discard_and_write_zeroes[9p] \
+	$(G)/test_file_mode.py::test_file_to_device[nfs4] \
+	$(G)/test_lifecycle.py::test_suspend_resume_reload_under_fio_verify[short-unmapped] \
+	$(G)/test_hostile_tables.py::test_file_unlinked_while_tables_load \
+	$(G)/test_hostile_tables.py::test_symlink_flipped_while_tables_load \
+	$(G)/test_storage_path.py::test_device_cannot_map_itself \
 	$(G)/test_block_data.py::test_device_to_file[off1blk-ext4-4k] \
 	$(G)/test_block_data.py::test_device_to_file[off3blk-ext4-4k] \
 	$(G)/test_block_data.py::test_device_to_file[off1blk-xfs] \
@@ -196,7 +206,7 @@ PREBUILT_DESELECT ?= \
 	$(G)/test_extent_walk.py::test_unaligned_extents_on_1k_blocks
 DEBUG_SUBSET ?= \
 	$(G)/test_block_data.py::test_fragmented_file_maps_every_extent \
-	$(G)/test_faults.py::test_failslab_during_table_load \
+	$(G)/test_faults.py::test_failslab_during_table_load[block] \
 	$(G)/test_faults.py::test_fail_make_request_on_host_disk[file_direct] \
 	$(G)/test_faults.py::test_host_fault_reaches_caller[block-write] \
 	$(G)/test_faults.py::test_host_fault_reaches_caller[file_direct-window] \
