@@ -60,6 +60,32 @@ static void loop_inode_release(struct loop_inode *li)
 	}
 }
 
+/* The file's entry, made if there is none; NULL (ti->error set) without memory. */
+static struct loop_inode *loop_inode_get(struct loop_c *lc)
+{
+	struct loop_inode *li = loop_inode_lookup(file_inode(lc->file), true);
+
+	if (!li)
+		lc->ti->error = "Cannot allocate inode registry entry";
+	return li;
+}
+
+/*
+ * Who holds the file, for a pin: 1 this device's pin (a reload), -EBUSY
+ * another device's (ti->error set), -EAGAIN a file-mode table, 0 no one.
+ */
+static int loop_inode_holders(struct loop_c *lc, const struct loop_inode *li)
+{
+	if (li && li->pins) {
+		if (li->pin_owner == lc->md)
+			return 1;
+		lc->ti->error = "File is already mapped by another dm-loop device";
+		return -EBUSY;
+	}
+	/* A file-mode table, this device's live one or another's: file mode. */
+	return li && li->file_users ? -EAGAIN : 0;
+}
+
 /*
  * Pin the file's layout as swapon does (mm/swapfile.c).  Returns 0 for a
  * new pin, 1 when this device's live table already holds it (a reload),
@@ -72,27 +98,18 @@ int loop_inode_pin(struct loop_c *lc)
 	int r = 0;
 
 	mutex_lock(&loop_registry_lock);
-	li = loop_inode_lookup(inode, true);
+	li = loop_inode_get(lc);
 	if (!li) {
-		lc->ti->error = "Cannot allocate inode registry entry";
 		r = -ENOMEM;
 		goto out;
 	}
-	if (li->pins) {
-		if (li->pin_owner != lc->md) {
-			lc->ti->error = "File is already mapped by another dm-loop device";
-			r = -EBUSY;
-		} else {
-			li->pins++;
-			r = 1;
-		}
-		goto out;
-	}
-	if (li->file_users) {
-		/* This device's live table, or another device: file mode. */
-		r = -EAGAIN;
+	r = loop_inode_holders(lc, li);
+	if (r == 1)
+		li->pins++;
+	if (r == -EAGAIN)
 		goto out_release;
-	}
+	if (r)
+		goto out;
 
 	inode_lock(inode);
 	if (IS_SWAPFILE(inode)) {
@@ -134,20 +151,12 @@ int loop_inode_probe(struct loop_c *lc)
 {
 	struct inode *inode = file_inode(lc->file);
 	struct loop_inode *li;
-	int r = 0;
+	int r;
 
 	mutex_lock(&loop_registry_lock);
 	li = loop_inode_lookup(inode, false);
-	if (li && li->pins) {
-		if (li->pin_owner == lc->md) {
-			r = 1;
-		} else {
-			lc->ti->error = "File is already mapped by another dm-loop device";
-			r = -EBUSY;
-		}
-	} else if (li && li->file_users) {
-		r = -EAGAIN;
-	} else if (IS_SWAPFILE(inode)) {
+	r = loop_inode_holders(lc, li);
+	if (!r && IS_SWAPFILE(inode)) {
 		lc->ti->error = "File is in use as a swapfile";
 		r = -EBUSY;
 	}
@@ -189,9 +198,8 @@ int loop_inode_use(struct loop_c *lc)
 	int r = 0;
 
 	mutex_lock(&loop_registry_lock);
-	li = loop_inode_lookup(inode, true);
+	li = loop_inode_get(lc);
 	if (!li) {
-		lc->ti->error = "Cannot allocate inode registry entry";
 		r = -ENOMEM;
 		goto out;
 	}
