@@ -171,7 +171,7 @@ def _dm_leftovers():
     yield
     left = [d for d in dmloop.created_devices if d not in before]
     problems = []
-    for dev in left:
+    for dev in reversed(left):      # the top of a stack first
         try:
             dmloop.remove(dev, retries=5)
         except Exception as e:
