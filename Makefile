@@ -63,7 +63,7 @@ GUEST_RUN = $(VM) $(VM_KERNEL) $(VM_RERUN) $(GUEST_DISKS) --timeout $(GUEST_TIME
 	$(addprefix --deselect ,$(GUEST_DESELECT) $(if $(filter 6.12 7.2,$(KERNEL)),$(PREBUILT_DESELECT)))
 GUEST_TESTS ?= $(if $(filter debug,$(KERNEL)),$(DEBUG_SUBSET),$(STOCK_SUITE))
 
-.PHONY: bench bench-quick bench-result
+.PHONY: deb bench bench-quick bench-result
 # Benchmarks (in the VM): tables and plots in build/bench/.
 bench: deps all
 	@debug/deps python3-matplotlib
@@ -133,7 +133,8 @@ STOCK_SUITE ?= tests/guest/test_block_data.py tests/guest/test_introspection.py 
 	tests/guest/test_tables.py tests/guest/test_storage_path.py tests/guest/test_extent_walk.py \
 	$(INSPECT_SUBSET) \
 	tests/guest/test_install.py::TestMakeInstall \
-	tests/guest/test_install.py::TestManifest $(RELIABILITY_SUBSET) \
+	tests/guest/test_install.py::TestManifest tests/guest/test_install.py::TestDebPackages \
+	$(RELIABILITY_SUBSET) \
 	tests/guest/test_matrix.py tests/guest/test_clients.py
 G := tests/guest
 INSPECT_SUBSET ?= \
@@ -237,6 +238,7 @@ check: deps checkpatch
 	@mkdir -p $(BUILD)/results
 	@rm -f $(BUILD)/results/*.xml $(BUILD)/results/*.rc $(BUILD)/results/*.log
 	$(MAKE) module tools
+	$(MAKE) --no-print-directory deb
 	$(MAKE) -C tools asan
 	$(PYTEST) -q -rs tests/host --junitxml=$(BUILD)/results/host.xml; \
 		echo $$? > $(BUILD)/results/host.rc
@@ -333,6 +335,20 @@ dkms-install:
 
 dkms-remove:
 	debug/install dkms-remove
+
+# Debian packages: dm-loop-dkms (the module's sources for DKMS) and
+# dmloop-tools, built from a copy of the tree (debian/ is the recipe) into
+# build/deb/, and checked with lintian (an error fails the build).
+DEB_DIR := $(BUILD)/deb
+deb:
+	@debug/deps debhelper dh-dkms dpkg-dev lintian libdevmapper-dev pkgconf
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src/module $(DEB_DIR)/src/tools
+	cp -r debian dkms.conf $(DEB_DIR)/src/
+	cp module/Kbuild module/Makefile $(filter-out %.mod.c,$(wildcard module/*.c)) module/*.h module/dm-loop.4 $(DEB_DIR)/src/module/
+	cp tools/Makefile tools/*.c tools/*.h tools/dmloop-inspect.8 $(DEB_DIR)/src/tools/
+	cd $(DEB_DIR)/src && dpkg-buildpackage -b -us -uc > ../build.log 2>&1 || { tail -n 40 ../build.log; exit 1; }
+	lintian --fail-on error --info $(DEB_DIR)/*.changes
+	@ls $(DEB_DIR)/*.deb
 
 demo: deps all
 	$(VM) --disk 1G --timeout 600 -- bash debug/demo

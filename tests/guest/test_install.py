@@ -527,3 +527,104 @@ class TestDkms:
         assert not Path("/var/lib/dkms/dm-loop").exists()
         p = _modprobe(check=False)
         assert p.returncode != 0 and not _loaded(), "modprobe dm-loop still works"
+
+
+# ------------------------------------------------------------ Debian packages
+
+DEB_DIR = REPO / "build" / "deb"
+# What installing and purging the packages may touch (purge must leave it
+# as it was): the module tree, the sources and DKMS's tree, the programs,
+# the manual pages, the docs, dpkg's own records of packages, /etc.
+DEB_WATCHED = [Path("/usr/src"), Path("/var/lib/dkms"), MODDIR, Path("/usr/sbin"),
+               Path("/usr/share/man/man4"), Path("/usr/share/man/man8"),
+               Path("/usr/share/doc"), Path("/var/lib/dpkg/info"), Path("/etc")]
+
+
+DKMS_MOK = ["/var/lib/dkms/mok.key", "/var/lib/dkms/mok.pub"]
+
+
+def _apt(*args, timeout=1800):
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    return dmloop.run(["apt-get", "-q", "-y"] + list(args), check=False, timeout=timeout, env=env)
+
+
+def _dpkg_installed(pkg):
+    p = dmloop.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}", pkg], check=False)
+    return p.returncode == 0 and p.stdout.startswith("ii")
+
+
+class TestDebPackages:
+    """`make deb`'s packages, installed as Debian users install modules:
+    `apt-get install ./dm-loop-dkms_*.deb ./dmloop-tools_*.deb` (whose
+    postinst has DKMS build the module for the running kernel, in the
+    guest), then `apt-get purge`."""
+
+    @pytest.fixture(scope="class")
+    def debs(self, _throwaway_system, module_tree):
+        ver = _package_version()
+        debs = [DEB_DIR / ("dm-loop-dkms_%s_all.deb" % ver),
+                DEB_DIR / ("dmloop-tools_%s_amd64.deb" % ver)]
+        missing = [str(d) for d in debs if not d.is_file()]
+        if missing:
+            pytest.skip("no packages to install (make deb): %s" % ", ".join(missing))
+        if not (MODDIR / "build").is_dir():
+            pytest.skip("no kernel headers for %s (%s/build)" % (KVER, MODDIR))
+        if _dpkg_installed("dm-loop-dkms") or _dpkg_installed("dmloop-tools"):
+            pytest.skip("the packages are installed already")
+        before = _snapshot(*DEB_WATCHED)
+        t0 = time.monotonic()
+        p = _apt("install", "--no-install-recommends", *[str(d) for d in debs])
+        assert p.returncode == 0, "apt-get install failed:\n%s\n%s" % (p.stdout[-3000:], p.stderr[-3000:])
+        print("apt-get install (a DKMS build) took %.0f s" % (time.monotonic() - t0))
+        yield {"before": before, "install": p.stdout}
+        if _dpkg_installed("dm-loop-dkms") or _dpkg_installed("dmloop-tools"):
+            _apt("purge", "dm-loop-dkms", "dmloop-tools")
+
+    def test_install_builds_the_module_for_the_running_kernel(self, debs):
+        """The DKMS package's postinst built and installed dm-loop for this
+        kernel: dkms status, the module with this kernel's vermagic in
+        updates/dkms, found by name."""
+        ver = _package_version()
+        status = dmloop.run(["dkms", "status", "-m", "dm-loop"]).stdout
+        assert re.search(r"^dm-loop/%s, %s, \S+: installed" % (re.escape(ver), re.escape(KVER)),
+                         status, re.M), "%s\napt-get said:\n%s" % (status, debs["install"][-3000:])
+        assert dmloop.run(["modinfo", "-F", "vermagic", str(DKMS_KO)]).stdout.split()[0] == KVER
+        assert dmloop.run(["modinfo", "-n", "dm-loop"]).stdout.strip() == str(DKMS_KO)
+
+    def test_packaged_module_and_tools_work(self, debs, unloaded, tmp_path):
+        """modprobe loads the packaged module; the package's dmlosetup makes a
+        device that carries data both ways; dmloop-inspect reads it; man finds
+        both pages and dmlosetup's."""
+        _modprobe()
+        assert _loaded()
+        assert shutil.which("dmlosetup") == "/usr/sbin/dmlosetup"
+        f = _tmpfs_file("deb.img", 1 << 20)
+        unloaded.append("loopdeb0")
+        dmloop.run(["dmlosetup", "loopdeb0", str(f)])
+        dev = Path("/dev/mapper/loopdeb0")
+        dmloop.write_random(dev, 1 << 20, seed=12, direct=True)
+        shown = dmloop.run(["/usr/sbin/dmloop-inspect", "show", "loopdeb0"]).stdout
+        assert str(f) in shown, shown
+        dmloop.run(["dmlosetup", "-d", "loopdeb0"])
+        dmloop.verify_random(f, 1 << 20, seed=12)
+        for page in ("dm-loop", "dmloop-inspect", "dmlosetup"):
+            where = dmloop.run(["man", "-w", page]).stdout.strip()
+            assert where.startswith("/usr/share/man/"), (page, where)
+
+    def test_purge_leaves_nothing_behind(self, debs, unloaded):
+        """apt-get purge removes the module (DKMS's prerm), its sources, the
+        tools and pages; what it watched is as before the install, and
+        modprobe no longer finds dm-loop."""
+        p = _apt("purge", "dm-loop-dkms", "dmloop-tools")
+        assert p.returncode == 0, "apt-get purge failed:\n%s\n%s" % (p.stdout[-3000:], p.stderr[-3000:])
+        assert not _dpkg_installed("dm-loop-dkms") and not _dpkg_installed("dmloop-tools")
+        after = _snapshot(*DEB_WATCHED)
+        # DKMS's own signing key, made at its first build for every module
+        # it will build (Secure Boot enrols it once): dkms's, not ours.
+        for key in DKMS_MOK:
+            if key not in debs["before"]:
+                after.pop(key, None)
+        added = sorted(set(after) - set(debs["before"]))
+        gone = sorted(set(debs["before"]) - set(after))
+        assert not added and not gone, "purge left %s and took %s" % (added, gone)
+        assert _modprobe(check=False).returncode != 0 and not _loaded(), "modprobe dm-loop still works"
