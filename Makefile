@@ -63,7 +63,7 @@ GUEST_RUN = $(VM) $(VM_KERNEL) $(VM_RERUN) $(GUEST_DISKS) --timeout $(GUEST_TIME
 	$(addprefix --deselect ,$(GUEST_DESELECT) $(if $(filter 6.12 7.2,$(KERNEL)),$(PREBUILT_DESELECT)))
 GUEST_TESTS ?= $(if $(filter debug,$(KERNEL)),$(DEBUG_SUBSET),$(STOCK_SUITE))
 
-.PHONY: deb bench bench-quick bench-result
+.PHONY: deb swap-result swap-compare bench bench-quick bench-result
 # Benchmarks (in the VM): tables and plots in build/bench/.
 bench: deps all
 	@debug/deps python3-matplotlib
@@ -189,12 +189,14 @@ GUEST_DESELECT ?= \
 # arithmetic and the table building are the module's, the same on every
 # kernel, and each filesystem keeps its offset-0 case there, the walk its
 # batch cases.  `make matrix KERNEL=7.2` runs the whole matrix there.
-# The clients (LVM, LUKS, kpartx, md) run there on block mode; their
-# file-mode cases, the same VFS path on every kernel, on 6.1 only.
+# The clients: udev, LVM and md on block mode there; LUKS, kpartx and
+# every file-mode case (the same VFS path on every kernel) on 6.1 only.
 PREBUILT_DESELECT ?= \
 	$(G)/test_matrix.py \
 	$(G)/test_clients.py::test_lvm_linear_and_thin[file] \
 	$(G)/test_clients.py::test_luks2[file] \
+	$(G)/test_clients.py::test_luks2[block] \
+	$(G)/test_clients.py::test_gpt_partitions_with_kpartx[block] \
 	$(G)/test_clients.py::test_gpt_partitions_with_kpartx[file] \
 	$(G)/test_clients.py::test_md_raid1[file] \
 	$(G)/test_file_mode.py::test_discard_and_write_zeroes[nfs4] \
@@ -245,6 +247,7 @@ check: deps checkpatch
 	$(MAKE) --no-print-directory -j$(CHECK_JOBS) $(addprefix guest-result-,$(GUEST_KERNELS))
 	@if [ "$(CHECK_JOBS)" != 1 ]; then for k in $(GUEST_KERNELS); do f=$(BUILD)/results/guest-$$k.log; \
 		if [ -f $$f ]; then echo "==== the guest suite on the $$k kernel"; cat $$f; fi; done; fi
+	$(MAKE) --no-print-directory swap-result
 	@if [ "$(BENCH)" = 1 ]; then $(MAKE) --no-print-directory bench-result; fi
 	@$(PY) debug/summary $$(ls $(BUILD)/results/*.rc | sed 's/\.rc$$//')
 
@@ -276,6 +279,28 @@ guest-result:
 	echo "check: the $(KERNEL) kernel's guest suite exited $$(cat $$rcf): $$(grep -E '[0-9]+ (passed|failed)' $$log | tail -n 1)"; \
 	if grep -q '^debug/vm: RERUN: exit' $$log; then \
 		echo "check: the $(KERNEL) kernel's guest suite was run twice: the first run died of the TCG int3 flake (see $$log); the result is the single-threaded rerun's"; fi
+
+# Encrypted swap on dm-loop under memory pressure: a guest of its own, with
+# 512 MiB of RAM so that memory runs out (tests/guest/swap_pressure.py).
+SWAP_VM = $(VM) --mem 512M --disk 2G --timeout 900
+swap-result:
+	@rcf=$(BUILD)/results/guest-swap.rc; log=$(BUILD)/results/guest-swap.log; \
+	echo "check: encrypted swap under memory pressure, in a 512 MiB guest (output: $$log)"; \
+	{ $(SWAP_VM) -- env DMLOOP_KO=$(abspath $(KO)) $(PYTEST) -q -rs \
+		--junitxml=$(BUILD)/results/guest-swap.xml tests/guest/test_swap_pressure.py 2>&1; \
+	  echo $$? > $$rcf; } | tee $$log
+
+# The same load on dm-loop and on /dev/loop, one small guest each; prints
+# what happened to each (a guest that hangs is killed after 600 s).
+swap-compare: all
+	@for b in dmloop loop; do \
+		$(VM) --mem 512M --disk 2G --timeout 600 -- env DMLOOP_KO=$(abspath $(KO)) \
+			$(PY) tests/guest/swap_pressure.py --backend $$b > $(BUILD)/swap-$$b.log 2>&1; \
+		rc=$$?; r=$$(sed -n 's/^swap-pressure-result: //p' $(BUILD)/swap-$$b.log); \
+		hung=$$(grep -c 'blocked for more than' $(BUILD)/swap-$$b.log); \
+		case $$rc in 0) o="finished";; 1) o="failed";; 90) o="kernel fault";; 91) o="hung: killed after 600 s";; *) o="exit $$rc";; esac; \
+		echo "swap-compare: $$b: $$o; hung-task reports: $$hung; $${r:-no result}"; \
+	done
 
 check-host: all checkpatch
 	$(PYTEST) -q -rs tests/host
