@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -483,6 +482,15 @@ def md_wait(md, timeout=300):
     return detail
 
 
+def md_check(md, half, what):
+    """Once the array is idle with both legs active, it holds the two
+    halves written through it (seeds 61 and 62)."""
+    detail = md_wait(md)
+    assert "Active Devices : 2" in detail, detail
+    check_pattern(md, half, 61, what="(%s, first half)" % what)
+    check_pattern(md, half, 62, offset=half, what="(%s, second half)" % what)
+
+
 def md_data_offset(leg):
     m = re.search(r"Data Offset : (\d+) sectors", mdadm("--examine", leg).stdout)
     assert m
@@ -538,10 +546,7 @@ def test_md_raid1(ext4, mode, md_cleanup):
         assert "Active Devices : 1" in md_detail(md)
         write_pattern(md, half, 62, offset=half)
         mdadm(md, "--re-add", devs[1])
-        detail = md_wait(md)
-        assert "Active Devices : 2" in detail, detail
-        check_pattern(md, half, 61, what="(first half)")
-        check_pattern(md, half, 62, offset=half, what="(second half)")
+        md_check(md, half, "re-added")
     finally:
         mdadm("--stop", md, check=False)
         settle()
@@ -562,10 +567,7 @@ def test_md_raid1(ext4, mode, md_cleanup):
     else:
         mdadm("--assemble", md, *devs)
     try:
-        detail = md_wait(md)
-        assert "Active Devices : 2" in detail, detail
-        check_pattern(md, half, 61, what="(assembled again, first half)")
-        check_pattern(md, half, 62, offset=half, what="(assembled again, second half)")
+        md_check(md, half, "assembled again")
     finally:
         mdadm("--stop", md, check=False)
         settle()
