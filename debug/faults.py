@@ -123,26 +123,30 @@ def strip_timestamp(line):
 # die("int3").  What that leaves in the log is narrow, and tcg_int3_flake()
 # recognises exactly that and nothing else:
 #
-#   1. the log's only die() record is "Oops: int3: 0000 [#1]" (6.9+) or
-#      "int3: 0000 [#1]" (before): the first oops of the boot, of type int3;
-#   2. its RIP is in the kernel's own text ("RIP: 0010:sym+0x../0x.." with no
-#      "[module]" after it);
-#   3. its "Code:" line shows that the byte before RIP (the int3 traps with
-#      RIP one past itself) is no longer 0xcc: the int3 that trapped is not in
-#      memory any more, the site had been patched to its final instruction.
-#      A real stray int3 (function padding reached by a wild jump, an int3
-#      compiled in) is still there and shows "cc <..>";
-#   4. every other fault line of the log is that oops's own ending: "Kernel
+#   1. every die() record of the log is of type int3: "Oops: int3: 0000
+#      [#n]" (6.9+) or "int3: 0000 [#n]" (before), numbered #1, #2... in
+#      order from the boot's first oops.  More than one happens: two vCPUs
+#      holding the same stale translation both trap (7.2 at boot: kdevtmpfs
+#      on CPU0 [#1], a kworker on CPU1 [#2], the same set_next_task_fair
+#      site);
+#   2. each record's RIP is in the kernel's own text ("RIP: 0010:sym+0x../0x.."
+#      with no "[module]" after it);
+#   3. each record's "Code:" line shows that the byte before RIP (the int3
+#      traps with RIP one past itself) is no longer 0xcc: the int3 that
+#      trapped is not in memory any more, the site had been patched to its
+#      final instruction.  A real stray int3 (function padding reached by a
+#      wild jump, an int3 compiled in) is still there and shows "cc <..>";
+#   4. every other fault line of the log is an oops's own ending: "Kernel
 #      panic - not syncing: Fatal exception[ in interrupt]" or "Attempted to
-#      kill the idle task!/init!".  Any other fault anywhere in the log (a
-#      second Oops, a BUG, a WARNING, a lockup, a stall, KASAN...) and it is
-#      not the flake.
+#      kill the idle task!/init!".  Any other fault anywhere in the log (an
+#      Oops of another type, a BUG, a WARNING, a lockup, a stall, KASAN...)
+#      and it is not the flake.
 #
 # debug/vm --rerun-tcg-int3 reruns such a guest once, single-threaded; a
 # second int3, or anything else, stays fatal.
 
 _DIE_RE = re.compile(r"(?:\bOops: )?\b([a-z][a-z0-9 ]*?): ([0-9a-f]{4}) \[#(\d+)\]")
-_INT3_RE = re.compile(r"(?:\bOops: )?\bint3: [0-9a-f]{4} \[#1\]")
+_INT3_RE = re.compile(r"(?:\bOops: )?\bint3: [0-9a-f]{4} \[#(\d+)\]")
 _OOPS_END_RE = re.compile(r"Kernel panic - not syncing: (?:Fatal exception(?: in interrupt)?|"
                           r"Attempted to kill the idle task!|Attempted to kill init!.*)\s*(?:\]---)?\s*$")
 _RIP_RE = re.compile(r"\bRIP: 0010:([A-Za-z_.][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+\s*$")
@@ -159,18 +163,33 @@ def tcg_int3_flake(lines):
     hits = [i for i, l in enumerate(lines) if is_fault(l)]
     if not hits:
         return None
-    header = None
+    headers = []
     for i in hits:
         l = lines[i]
-        if _INT3_RE.search(l) and header is None:
-            header = i
+        m = _INT3_RE.search(l)
+        if m and int(m.group(1)) == len(headers) + 1:
+            headers.append(i)
         elif _OOPS_END_RE.search(l):
             continue
         else:
-            return None     # a second die() record or any other fault
-    if header is None:
+            return None     # another die() record, out of order, or any other fault
+    if not headers:
         return None
-    # The oops record: from its header to its "end trace" (or the log's end).
+    sites = []
+    for header in headers:
+        site = _int3_site(lines, header)
+        if site is None:
+            return None
+        sites.append(site)
+    if len(sites) == 1:
+        return "int3 in %s, the site now holds %s, no other fault" % sites[0]
+    return "%d int3 oopses (%s), each site patched already, no other fault" % (
+        len(sites), "; ".join("%s, now %s" % s for s in sites))
+
+
+def _int3_site(lines, header):
+    """(function, "xx yy...") for the int3 record at lines[header] when it is
+    a flake record (rules 2 and 3), else None."""
     rip = code = None
     for l in lines[header + 1:]:
         if _END_TRACE_RE.search(l) or _DIE_RE.search(l):
@@ -190,4 +209,4 @@ def tcg_int3_flake(lines):
         return None
     if code[-2] == "cc":
         return None             # the int3 is still in memory: a real one
-    return "int3 in %s, the site now holds %s %s..., no other fault" % (rip, code[-2], code[-1])
+    return rip, "%s %s..." % (code[-2], code[-1])

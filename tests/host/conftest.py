@@ -26,6 +26,9 @@ def run_vm(args, timeout=3600, env=None):
     # --kernel, and a KERNEL=7.2 meant for make (a name, not a path) must not
     # reach them.
     e.pop("KERNEL", None)
+    # A guest of these tests runs for seconds: one that hangs fails in
+    # minutes, not after debug/vm's default half hour.
+    e.setdefault("VM_TIMEOUT", "600")
     if env:
         e.update(env)
     t0 = time.monotonic()

@@ -147,10 +147,59 @@ def test_int3_plus_any_other_fault_stays_fatal(extra):
     assert faults.tcg_int3_flake(lines(extra) + lines(MODLOAD_72)) is None
 
 
-def test_a_second_int3_stays_fatal():
+# 7.2 at boot, two vCPUs at once (the shape of the 2026-12-02 CI console):
+# kdevtmpfs on CPU0 and a kworker on CPU1 trap on the same patched jump label
+# in set_next_task_fair; the second record follows the first, then the panic.
+TWO_CPUS_72 = r"""
+[    1.904113] Oops: int3: 0000 [#1] SMP NOPTI
+[    1.904113] CPU: 0 UID: 0 PID: 33 Comm: kdevtmpfs Not tainted 7.2.13-dmloop72 #1 PREEMPT(voluntary)
+[    1.904113] Hardware name: QEMU Standard PC (Q35 + ICH9, 2009), BIOS 1.16.2-debian-1.16.2-1 04/01/2014
+[    1.904113] RIP: 0010:set_next_task_fair+0x4ee/0x540
+[    1.904113] Code: 48 8b 7d 00 e8 3c 9f ff ff 41 83 c6 01 48 8b 6d 78 48 85 ed 75 e0 e9 2a fd ff ff 0f <1f> 44 00 00 48 8b 83 a8 0b 00 00 48 85 c0 0f 84 52 fd ff ff 48 8b
+[    1.904113] RSP: 0018:ffffc900000e3d60 EFLAGS: 00000046
+[    1.904113] Call Trace:
+[    1.904113]  <TASK>
+[    1.904113]  __schedule+0x5c1/0xb90
+[    1.904113]  schedule+0x27/0xf0
+[    1.904113]  devtmpfs_work_loop+0x2c1/0x2d0
+[    1.904113]  </TASK>
+[    1.904113] ---[ end trace 0000000000000000 ]---
+[    1.904113] RIP: 0010:set_next_task_fair+0x4ee/0x540
+[    1.904113] Code: 48 8b 7d 00 e8 3c 9f ff ff 41 83 c6 01 48 8b 6d 78 48 85 ed 75 e0 e9 2a fd ff ff 0f <1f> 44 00 00 48 8b 83 a8 0b 00 00 48 85 c0 0f 84 52 fd ff ff 48 8b
+[    1.904113] Oops: int3: 0000 [#2] SMP NOPTI
+[    1.904113] CPU: 1 UID: 0 PID: 46 Comm: kworker/1:1 Tainted: G      D            7.2.13-dmloop72 #1 PREEMPT(voluntary)
+[    1.904113] RIP: 0010:set_next_task_fair+0x4ee/0x540
+[    1.904113] Code: 48 8b 7d 00 e8 3c 9f ff ff 41 83 c6 01 48 8b 6d 78 48 85 ed 75 e0 e9 2a fd ff ff 0f <1f> 44 00 00 48 8b 83 a8 0b 00 00 48 85 c0 0f 84 52 fd ff ff 48 8b
+[    1.904113] Call Trace:
+[    1.904113]  <IRQ>
+[    1.904113]  </IRQ>
+[    1.904113] ---[ end trace 0000000000000000 ]---
+[    1.904113] Kernel panic - not syncing: Fatal exception in interrupt
+[    1.904113] Kernel Offset: disabled
+[    1.904113] ---[ end Kernel panic - not syncing: Fatal exception in interrupt ]---
+"""
+
+
+def test_two_cpus_trapping_at_once_is_the_flake():
+    what = faults.tcg_int3_flake(lines(TWO_CPUS_72))
+    assert what and "2 int3" in what and "set_next_task_fair" in what, what
+
+
+def test_a_second_int3_stays_fatal_unless_it_is_a_flake_record_too():
     second = MODLOAD_72.replace("[#1]", "[#2]")
-    assert faults.tcg_int3_flake(lines(MODLOAD_72) + lines(second)) is None
+    assert faults.tcg_int3_flake(lines(MODLOAD_72) + lines(second))      # both patched sites
     assert faults.tcg_int3_flake(lines(second)) is None     # not the boot's first oops
+    assert faults.tcg_int3_flake(lines(MODLOAD_72) + lines(second.replace("[#2]", "[#3]"))) is None
+    stray = second.replace("00 00 e9 <8a> 02", "cc cc cc <cc> cc")
+    assert faults.tcg_int3_flake(lines(MODLOAD_72) + lines(stray)) is None
+    in_module = second.replace("RIP: 0010:vfs_read+0x41/0x370",
+                               "RIP: 0010:dm_loop_map+0x41/0x370 [dm_loop]")
+    assert faults.tcg_int3_flake(lines(MODLOAD_72) + lines(in_module)) is None
+    # An int3 after an oops of another type: the other oops is [#1].
+    after_null = NULL_OOPS + second
+    assert faults.tcg_int3_flake(lines(after_null)) is None
+    two_cpus_stray = TWO_CPUS_72.replace("ff ff 0f <1f> 44", "ff ff cc <cc> 44", 2)
+    assert faults.tcg_int3_flake(lines(two_cpus_stray)) is None
 
 
 def test_an_int3_still_in_memory_stays_fatal():

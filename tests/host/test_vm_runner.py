@@ -29,7 +29,7 @@ def test_help_documents_exit_codes():
     assert p.returncode == 0
     for code in ("90", "91", "92", "93"):
         assert re.search(r"^\s*%s\s" % code, p.stdout, re.M), "exit code %s not documented" % code
-    for opt in ("--kernel", "--disk", "--mem", "--smp", "--timeout", "--share", "--append",
+    for opt in ("--kernel", "--disk", "--mem", "--smp", "--timeout", "--boot-timeout", "--share", "--append",
                 "--expect-fault", "shell"):
         assert opt in p.stdout
 
@@ -124,6 +124,18 @@ def test_timeout(vm):
     elapsed = p.elapsed - (int(m.group(1)) if m else 0)
     assert 19 <= elapsed < 50, "took %.1f s" % elapsed
     assert "TIMEOUT" in p.stderr
+
+
+def test_boot_stall_is_rerun_once_then_fails(vm):
+    """A guest that has not started the command within --boot-timeout is
+    killed and booted once more (the command never ran); a second stall is
+    exit 92.  No guest boots in 1 s, so both stall."""
+    p = vm(["--boot-timeout", "1", "--timeout", "120", "--", "touch", "/tmp/never"])
+    assert p.returncode == EXIT_BOOT, explain(p)
+    assert p.stderr.count("BOOT STALL") == 2, explain(p)
+    assert "RERUN: the guest stalled in boot" in p.stderr, explain(p)
+    assert "stalled in boot twice" in p.stderr, explain(p)
+    assert p.elapsed < 60, "took %.1f s" % p.elapsed
 
 
 SELFTEST = r'''
