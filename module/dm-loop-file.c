@@ -1,21 +1,27 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * dm-loop file mode: bios are queued to the device's worker, which does the
- * I/O through the VFS, direct where the filesystem and alignment allow it,
- * buffered otherwise.
+ * dm-loop file mode: bios are queued to the device's workers (up to
+ * "workers <n>" work items), which do the I/O through the VFS, direct where
+ * the filesystem and alignment allow it, buffered otherwise, in the cgroups
+ * of the task that submitted each bio.
  *
- * Memory pressure: the worker never lets an allocation recurse into the
+ * Memory pressure: a worker never lets an allocation recurse into the
  * filesystem or block layer (PF_MEMALLOC_NOIO, and the backing mapping's gfp
  * mask without __GFP_IO | __GFP_FS), throttles only against the backing
  * device (PF_LOCAL_THROTTLE): the lessons of drivers/block/loop.c.  Unlike
  * loop's per-device workqueue it runs on one WQ_MEM_RECLAIM workqueue, whose
- * rescuer guarantees progress when no new worker can be created.
+ * rescuer serves the work items, in turn, when no new kworker can be
+ * created (a worker yields after LOOP_WORKER_BATCH bios).
  */
 #include <linux/bio.h>
+#include <linux/blk-cgroup.h>
+#include <linux/cgroup.h>
 #include <linux/blkdev.h>
 #include <linux/delay.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <linux/kthread.h>
+#include <linux/memcontrol.h>
 #include <linux/moduleparam.h>
 #include <linux/sched/mm.h>
 #include <linux/uio.h>
@@ -31,6 +37,33 @@ module_param_named(debug_endio_delay_ms, loop_debug_endio_delay_ms, uint, 0644);
 MODULE_PARM_DESC(debug_endio_delay_ms,
 		 "Debug build: file mode sleeps this long after each bio_endio()");
 #endif
+
+/* Workers of a file-mode table that does not say "workers <n>". */
+static unsigned int loop_default_workers = LOOP_DEFAULT_WORKERS;
+
+static int loop_workers_set(const char *val, const struct kernel_param *kp)
+{
+	unsigned int n;
+	int r;
+
+	r = kstrtouint(val, 10, &n);
+	if (r)
+		return r;
+	if (!n || n > LOOP_MAX_WORKERS)
+		return -ERANGE;
+	WRITE_ONCE(*(unsigned int *)kp->arg, n);
+	return 0;
+}
+
+static const struct kernel_param_ops loop_workers_ops = {
+	.set = loop_workers_set,
+	.get = param_get_uint,
+};
+
+module_param_cb(workers, &loop_workers_ops, &loop_default_workers, 0644);
+MODULE_PARM_DESC(workers, "Workers of a file-mode device whose table does not set them (1-"
+		 __stringify(LOOP_MAX_WORKERS) ", default "
+		 __stringify(LOOP_DEFAULT_WORKERS) ")");
 
 /* One workqueue for all devices: a rescuer thread per device does not scale. */
 static struct workqueue_struct *loop_file_wq;
@@ -63,7 +96,7 @@ static void loop_bio_iter(struct bio *bio, unsigned int dir, struct iov_iter *it
 	iter->iov_offset = bio->bi_iter.bi_bvec_done;
 }
 
-static ssize_t loop_file_direct(struct loop_c *lc, unsigned int dir,
+static ssize_t loop_file_direct(struct loop_c *lc, struct bio *bio, unsigned int dir,
 				struct iov_iter *iter, loff_t pos)
 {
 	struct file *file = lc->file;
@@ -73,6 +106,7 @@ static ssize_t loop_file_direct(struct loop_c *lc, unsigned int dir,
 	init_sync_kiocb(&kiocb, file);
 	kiocb.ki_pos = pos;
 	kiocb.ki_flags |= IOCB_DIRECT;
+	kiocb.ki_ioprio = bio->bi_ioprio;
 	if (dir == ITER_DEST)
 		return file->f_op->read_iter(&kiocb, iter);
 
@@ -147,7 +181,7 @@ static blk_status_t loop_file_rw(struct loop_c *lc, struct bio *bio, u8 *empty_r
 		loop_bio_iter(bio, dir, &iter);
 		if (lc->use_dio && loop_bio_dio_aligned(lc, bio, pos)) {
 			loop_stat_inc(lc, direct_ios);
-			ret = loop_file_direct(lc, dir, &iter, pos);
+			ret = loop_file_direct(lc, bio, dir, &iter, pos);
 		} else {
 			loop_stat_inc(lc, buffered_ios);
 			if (dir == ITER_DEST)
@@ -231,20 +265,31 @@ static void loop_io_end(struct loop_io *io, blk_status_t status)
 }
 
 /*
- * Hand a bio to the device's worker: a new one (@new counts it in flight)
- * or one back from a short read.  queue_work() under the lock: a requeued
- * bio is all that keeps the device alive, and once the lock is dropped the
- * worker may end it and the destructor free lc.
+ * Hand a bio to the device's workers: a new one (@new counts it in flight)
+ * or one back from a short read.  Each bio queued starts an idle worker
+ * while there is one (a busy worker is inside a bio, perhaps blocked in the
+ * filesystem, and cannot be counted on to take the next), so a deep queue
+ * gets all of them at once and, with every worker busy, costs no wakeup at
+ * all: they take the waiting bios as they finish.  queue_work() under the
+ * lock: a requeued bio is all that keeps the device alive, and once the
+ * lock is dropped a worker may end it and the destructor free lc.
  */
 static void loop_file_queue(struct loop_c *lc, struct bio *bio, bool new)
 {
 	unsigned long flags;
+	unsigned int i;
 
 	spin_lock_irqsave(&lc->lock, flags);
 	if (new)
 		lc->inflight++;
 	bio_list_add(&lc->pending, bio);
-	queue_work(loop_file_wq, &lc->work);
+	if (lc->nr_busy < lc->nr_workers) {
+		for (i = 0; lc->workers[i].busy; i++)
+			;
+		lc->workers[i].busy = true;
+		lc->nr_busy++;
+		queue_work(loop_file_wq, &lc->workers[i].work);
+	}
 	spin_unlock_irqrestore(&lc->lock, flags);
 }
 
@@ -295,6 +340,7 @@ static void loop_file_aio(struct loop_io *io, struct bio *bio, unsigned int dir,
 	init_sync_kiocb(&io->iocb, file);
 	io->iocb.ki_pos = pos;
 	io->iocb.ki_flags |= IOCB_DIRECT;
+	io->iocb.ki_ioprio = bio->bi_ioprio;
 	io->iocb.ki_complete = loop_aio_complete;
 	atomic_set(&io->ref, 2);
 	if (dir == ITER_SOURCE) {
@@ -319,13 +365,69 @@ static bool loop_file_can_aio(struct loop_c *lc, struct bio *bio, loff_t pos)
 	return loop_bio_dio_aligned(lc, bio, pos);
 }
 
+/*
+ * Run a bio's I/O on behalf of the cgroup that submitted it, as loop does:
+ * the host device's bios are charged to its blkcg (io.max, io.weight), the
+ * page cache the I/O allocates to its memcg (the memcg of the blkcg's
+ * cgroup: the io controller must be on for either, as for loop).  The
+ * references are our own, taken before the I/O (kthread_associate_blkcg()
+ * takes one on the blkcg): the bio may end, and its blkg go, before the
+ * I/O call returns.  A memcg charge that fails under its limit fails the
+ * I/O with -ENOMEM (an error, never zeros), as in loop.
+ */
+struct loop_cg {
+	struct cgroup_subsys_state *blkcg;
+	struct cgroup_subsys_state *memcg;
+	struct mem_cgroup *old_memcg;
+};
+
+static void loop_cg_enter(struct loop_cg *cg, struct bio *bio)
+{
+	cg->blkcg = NULL;
+	cg->memcg = NULL;
+#ifdef CONFIG_BLK_CGROUP
+	cg->blkcg = bio_blkcg_css(bio);
+	if (!cg->blkcg)
+		return;
+	kthread_associate_blkcg(cg->blkcg);
+#ifdef CONFIG_MEMCG
+	cg->memcg = cgroup_get_e_css(cg->blkcg->cgroup, &memory_cgrp_subsys);
+	if (cg->memcg)
+		cg->old_memcg = set_active_memcg(mem_cgroup_from_css(cg->memcg));
+#endif
+#endif
+}
+
+static void loop_cg_exit(struct loop_cg *cg)
+{
+#ifdef CONFIG_BLK_CGROUP
+	if (!cg->blkcg)
+		return;
+	kthread_associate_blkcg(NULL);
+#ifdef CONFIG_MEMCG
+	if (cg->memcg) {
+		set_active_memcg(cg->old_memcg);
+		css_put(cg->memcg);
+	}
+#endif
+#endif
+}
+
+/*
+ * The I/O runs in the submitter's cgroups; a bio whose I/O was synchronous
+ * ends outside them (its completion belongs to the layer above, not to the
+ * submitter), an asynchronous one wherever the host I/O completes.
+ */
 static void loop_file_one(struct loop_c *lc, struct bio *bio)
 {
 	struct loop_io *io = dm_per_bio_data(bio, sizeof(*io));
+	bool again = io->requeued;
+	blk_status_t status;
+	struct loop_cg cg;
+	unsigned int dir;
 	loff_t pos;
 
-	if (io->requeued) {
-		blk_status_t status;
+	if (again) {
 		bool retry;
 
 		io->requeued = false;
@@ -334,55 +436,70 @@ static void loop_file_one(struct loop_c *lc, struct bio *bio)
 			loop_io_end(io, status);
 			return;
 		}
-		/* The rest of the read, not counted as a read again. */
-		pos = loop_bio_pos(lc, bio);
-		if (loop_file_can_aio(lc, bio, pos))
-			loop_file_aio(io, bio, ITER_DEST, pos);
-		else
-			loop_io_end(io, loop_file_rw(lc, bio, &io->empty_reads));
-		return;
 	}
 
 	pos = loop_bio_pos(lc, bio);
+	loop_cg_enter(&cg, bio);
 	if (loop_file_can_aio(lc, bio, pos)) {
-		if (op_is_write(bio_op(bio))) {
+		dir = op_is_write(bio_op(bio)) ? ITER_SOURCE : ITER_DEST;
+		/* The rest of a short read is not counted as a read again. */
+		if (!again && dir == ITER_SOURCE)
 			loop_stat_inc(lc, writes);
-			loop_file_aio(io, bio, ITER_SOURCE, pos);
-		} else {
+		else if (!again)
 			loop_stat_inc(lc, reads);
-			loop_file_aio(io, bio, ITER_DEST, pos);
-		}
-	} else {
-		loop_io_end(io, loop_file_do(lc, bio));
+		loop_file_aio(io, bio, dir, pos);
+		loop_cg_exit(&cg);
+		return;
 	}
+	status = again ? loop_file_rw(lc, bio, &io->empty_reads) : loop_file_do(lc, bio);
+	loop_cg_exit(&cg);
+	loop_io_end(io, status);
 }
 
 /*
- * The device's worker takes every bio queued so far in one run (loop's
- * worker drains its list the same way): under a deep queue one wakeup
- * serves many bios, where a work item per bio woke a worker of the unbound
- * pool for each.
+ * A worker takes the oldest waiting bio, one at a time, until none waits
+ * or it has served LOOP_WORKER_BATCH of them; then it queues itself again
+ * (still busy) behind the other devices' work, so that however deep one
+ * device's queue, the workqueue's max_active slots go round.  The other
+ * workers of the device do the same, so the bios of a deep queue are
+ * served in parallel, each by the first worker free.  No order between bios
+ * in flight at once is kept, and none is owed: a flush is run once the
+ * writes completed before it was submitted are done (in the page cache or
+ * on the host device) and vfs_fsync() makes both stable; a FUA write
+ * completes only after its range is synced.
  */
+#define LOOP_WORKER_BATCH 16
+
 void loop_file_work(struct work_struct *work)
 {
-	struct loop_c *lc = container_of(work, struct loop_c, work);
+	struct loop_worker *w = container_of(work, struct loop_worker, work);
 	unsigned int throttle = current->flags & PF_LOCAL_THROTTLE;
 	unsigned int noio = memalloc_noio_save();
-	struct bio_list bios;
+	struct loop_c *lc = w->lc;
+	unsigned int served = 0;
 	struct bio *bio;
 
 	current->flags |= PF_LOCAL_THROTTLE;
 	for (;;) {
 		spin_lock_irq(&lc->lock);
-		bios = lc->pending;
-		bio_list_init(&lc->pending);
-		spin_unlock_irq(&lc->lock);
-		if (bio_list_empty(&bios))
+		if (served == LOOP_WORKER_BATCH && !bio_list_empty(&lc->pending)) {
+			/* A bio waits: lc cannot go before this runs again. */
+			queue_work(loop_file_wq, &w->work);
+			spin_unlock_irq(&lc->lock);
 			break;
-		while ((bio = bio_list_pop(&bios))) {
-			loop_file_one(lc, bio);
-			cond_resched();
 		}
+		bio = bio_list_pop(&lc->pending);
+		if (!bio) {
+			w->busy = false;
+			lc->nr_busy--;
+			spin_unlock_irq(&lc->lock);
+			break;
+		}
+		spin_unlock_irq(&lc->lock);
+
+		loop_file_one(lc, bio);
+		served++;
+		cond_resched();
 	}
 	current->flags = (current->flags & ~PF_LOCAL_THROTTLE) | throttle;
 	memalloc_noio_restore(noio);
@@ -396,6 +513,14 @@ int loop_file_map(struct dm_target *ti, struct bio *bio)
 	io->lc = lc;
 	io->requeued = false;
 	io->empty_reads = 0;
+	/*
+	 * dm hands us a clone without the submitter's blkg (bio_alloc_clone()
+	 * onto no device): tie it to the submitting task's cgroup here, in
+	 * its context, as bio_set_dev() does for block mode and dm-linear;
+	 * the worker charges the I/O to it.
+	 */
+	if (!bio_blkcg_css(bio))
+		bio_associate_blkg(bio);
 	loop_file_queue(lc, bio, true);
 	return DM_MAPIO_SUBMITTED;
 }
@@ -420,12 +545,24 @@ static unsigned int loop_file_dio_align(struct loop_c *lc)
 int loop_file_setup(struct loop_c *lc)
 {
 	struct dm_target *ti = lc->ti;
-	unsigned int dio_align;
+	unsigned int dio_align, i;
 	int r;
 
 	r = loop_inode_use(lc);
 	if (r)
 		return r;
+
+	if (!(lc->opts & LOOP_OPT_WORKERS))
+		lc->nr_workers = READ_ONCE(loop_default_workers);
+	lc->workers = kcalloc(lc->nr_workers, sizeof(*lc->workers), GFP_KERNEL);
+	if (!lc->workers) {
+		ti->error = "Cannot allocate file mode workers";
+		return -ENOMEM;
+	}
+	for (i = 0; i < lc->nr_workers; i++) {
+		INIT_WORK(&lc->workers[i].work, loop_file_work);
+		lc->workers[i].lc = lc;
+	}
 
 	dio_align = loop_file_dio_align(lc);
 	lc->dio_align = dio_align ?: SECTOR_SIZE;
@@ -449,17 +586,24 @@ int loop_file_setup(struct loop_c *lc)
 /* The destructor runs with no I/O left in dm, but our workers may still run. */
 void loop_file_teardown(struct loop_c *lc)
 {
+	unsigned int i;
+
 	spin_lock_irq(&lc->lock);
 	wait_event_lock_irq(lc->drain, !lc->inflight, lc->lock);
 	spin_unlock_irq(&lc->lock);
-	/* The worker looks at the list once more after its last bio ended. */
-	flush_work(&lc->work);
+	/* A worker looks at the list once more after its last bio ended. */
+	if (lc->workers) {
+		for (i = 0; i < lc->nr_workers; i++)
+			flush_work(&lc->workers[i].work);
+		kfree(lc->workers);
+	}
 	loop_inode_unuse(lc);
 }
 
 int loop_file_init(void)
 {
-	loop_file_wq = alloc_workqueue("dm-loop", WQ_MEM_RECLAIM | WQ_UNBOUND, 0);
+	loop_file_wq = alloc_workqueue("dm-loop", WQ_MEM_RECLAIM | WQ_UNBOUND,
+				       WQ_UNBOUND_MAX_ACTIVE);
 	return loop_file_wq ? 0 : -ENOMEM;
 }
 

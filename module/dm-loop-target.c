@@ -191,17 +191,18 @@ size_t loop_format_info(struct loop_c *lc, char *buf, size_t size)
 	n += scnprintf(buf + n, size - n,
 		       "reads: %llu\nwrites: %llu\nflushes: %llu\nsplits: %llu\n"
 		       "direct_ios: %llu\nbuffered_ios: %llu\ndiscards: %llu\n"
-		       "errors: %llu\nread_only: %d\nwalk: %s\n",
+		       "errors: %llu\nread_only: %d\nwalk: %s\nworkers: %u\n",
 		       st.reads, st.writes, st.flushes, st.splits,
 		       st.direct_ios, st.buffered_ios, st.discards, st.errors,
-		       lc->read_only, loop_walk_names[lc->walk]);
+		       lc->read_only, loop_walk_names[lc->walk],
+		       lc->mode == LOOP_MODE_FILE ? lc->nr_workers : 0);
 	return n;
 }
 
 static int loop_parse_opts(struct dm_arg_set *as, struct loop_c *lc)
 {
 	static const struct dm_arg _args[] = {
-		{0, 3, "Invalid number of optional arguments"},
+		{0, 5, "Invalid number of optional arguments"},
 	};
 	struct dm_target *ti = lc->ti;
 	unsigned int argc;
@@ -229,6 +230,20 @@ static int loop_parse_opts(struct dm_arg_set *as, struct loop_c *lc)
 			opt = LOOP_OPT_FORCE_FILE;
 		} else if (!strcasecmp(arg, "no_direct_io")) {
 			opt = LOOP_OPT_NO_DIRECT_IO;
+		} else if (!strcasecmp(arg, "workers")) {
+			opt = LOOP_OPT_WORKERS;
+			if (!argc--) {
+				ti->error = "workers needs a count";
+				return -EINVAL;
+			}
+			arg = dm_shift_arg(as);
+			if (!(lc->opts & opt) &&
+			    (kstrtouint(arg, 10, &lc->nr_workers) || !lc->nr_workers ||
+			     lc->nr_workers > LOOP_MAX_WORKERS)) {
+				ti->error = "Invalid number of workers: 1 to "
+					    __stringify(LOOP_MAX_WORKERS);
+				return -EINVAL;
+			}
 		} else {
 			ti->error = "Unrecognised optional argument";
 			return -EINVAL;
@@ -409,7 +424,6 @@ static int loop_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	spin_lock_init(&lc->lock);
 	init_waitqueue_head(&lc->drain);
 	bio_list_init(&lc->pending);
-	INIT_WORK(&lc->work, loop_file_work);
 	INIT_LIST_HEAD(&lc->stack_node);
 	ti->private = lc;
 
@@ -544,7 +558,7 @@ static void loop_status(struct dm_target *ti, status_type_t type,
 			unsigned int status_flags, char *result, unsigned int maxlen)
 {
 	struct loop_c *lc = ti->private;
-	unsigned int nr_opts = hweight32(lc->opts);
+	unsigned int nr_opts = hweight32(lc->opts) + !!(lc->opts & LOOP_OPT_WORKERS);
 	struct loop_stats st;
 	char reason[48];
 	size_t sz = 0;
@@ -573,6 +587,8 @@ static void loop_status(struct dm_target *ti, status_type_t type,
 				DMEMIT(" force_file");
 			if (lc->opts & LOOP_OPT_NO_DIRECT_IO)
 				DMEMIT(" no_direct_io");
+			if (lc->opts & LOOP_OPT_WORKERS)
+				DMEMIT(" workers %u", lc->nr_workers);
 		}
 		break;
 
@@ -673,7 +689,7 @@ static void loop_io_hints(struct dm_target *ti, struct queue_limits *limits)
 
 /*
  * NOWAIT: map() never sleeps in either mode (block mode remaps, file mode
- * queues to the worker), so REQ_NOWAIT bios are welcome.  Not
+ * queues to its workers), so REQ_NOWAIT bios are welcome.  Not
  * PASSES_CRYPTO: the flag is the target type's, and a file-mode table
  * reports no device to narrow the crypto profile, so dm would offer every
  * inline-encryption mode and file mode would write the data in the clear.

@@ -3,8 +3,8 @@
  * dm-loop: a device-mapper target over a regular file.
  *
  * Block mode remaps bios straight to the host block device through a table
- * of extents read once from the filesystem's extent map; file mode does the I/O through the VFS
- * in a worker.  See dm-loop.rst for the user's view.
+ * of extents read once from the filesystem's extent map; file mode does the
+ * I/O through the VFS in workers.  See dm-loop.rst for the user's view.
  */
 #ifndef DM_LOOP_H
 #define DM_LOOP_H
@@ -70,6 +70,11 @@ enum loop_walk {
 #define LOOP_OPT_REQUIRE_BLOCK	BIT(0)
 #define LOOP_OPT_FORCE_FILE	BIT(1)
 #define LOOP_OPT_NO_DIRECT_IO	BIT(2)
+#define LOOP_OPT_WORKERS	BIT(3)	/* "workers <n>": two words */
+
+/* File mode's workers per device: the default and the most a table may ask. */
+#define LOOP_DEFAULT_WORKERS	4
+#define LOOP_MAX_WORKERS	64
 
 /* One run of contiguous sectors: device sectors are target-relative. */
 struct loop_extent {
@@ -116,11 +121,13 @@ struct loop_c {
 	bool file_user;
 	bool use_dio;
 	unsigned int dio_align;
-	spinlock_t lock;		/* inflight and pending */
+	spinlock_t lock;		/* inflight, pending and the workers' busy */
 	unsigned int inflight;		/* bios not yet fully ended */
 	wait_queue_head_t drain;	/* the destructor waits for inflight 0 */
-	struct bio_list pending;	/* for the worker */
-	struct work_struct work;	/* the worker: one per device */
+	struct bio_list pending;	/* for the workers, oldest first */
+	unsigned int nr_workers;	/* "workers <n>", else the default */
+	unsigned int nr_busy;		/* workers queued or running */
+	struct loop_worker *workers;	/* nr_workers of them, file mode only */
 
 	struct list_head stack_node;	/* loop_contexts, for loop_check_stack */
 
@@ -128,6 +135,17 @@ struct loop_c {
 	struct loop_stats __percpu *stats;
 	unsigned int id;
 	struct dentry *debugfs_dir;
+};
+
+/*
+ * One of a file-mode device's workers: a work item on the module's shared
+ * workqueue, not a thread.  @busy (under lc->lock): queued or running, and
+ * counted in lc->nr_busy.
+ */
+struct loop_worker {
+	struct work_struct work;
+	struct loop_c *lc;
+	bool busy;
 };
 
 /*
