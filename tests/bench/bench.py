@@ -67,13 +67,14 @@ RR1, RR32 = ("randread-4k", "randread", "4k", 1), ("randread-4k", "randread", "4
 RW1, RW32 = ("randwrite-4k", "randwrite", "4k", 1), ("randwrite-4k", "randwrite", "4k", 32)
 
 # Quick mode (CI, `make check`): every stack and every target's figure, at
-# queue depth 32 only, 1 s per fio job, setup cost over one contiguous and
+# queue depth 32 only, 1 s per fio job, 2 repetitions (not 3: CI time, with
+# the two `workers 1` stacks added), setup cost over one contiguous and
 # one fragmented file, scale at N=1000.  Full mode: everything the issue
 # lists.  "uring": the io_uring group's workloads (dm-linear and block mode
 # only, the fio phase's runtime and repetitions).
 MODES = {
     "quick": {
-        "file_size": 64 * MiB, "reps": 3, "runtime": 1,
+        "file_size": 64 * MiB, "reps": 2, "runtime": 1,
         "workloads": [SEQR32, SEQW32, RR32, RW32],
         "uring": [RR32],
         "brd_runtime": 1,
@@ -361,7 +362,9 @@ def file_stacks(disk, img, size):
     return [Stack("linear", linear_up, linear_down),
             dmloop_stack("dmloop-block", img, size, " 1 require_block"),
             dmloop_stack("dmloop-dio", img, size, " 1 force_file"),
+            dmloop_stack("dmloop-dio-w1", img, size, " 3 force_file workers 1"),
             dmloop_stack("dmloop-buf", img, size, " 2 force_file no_direct_io"),
+            dmloop_stack("dmloop-buf-w1", img, size, " 4 force_file no_direct_io workers 1"),
             loop_stack("loop-buf", img, False),
             loop_stack("loop-dio", img, True),
             file_stack(img)]
@@ -826,6 +829,7 @@ def brd_prepare():
     log("bench: %.0f s: brd ready" % (time.monotonic() - T0))
     return [dmloop_stack("dmloop-block", img, size, " 1 require_block"),
             dmloop_stack("dmloop-dio", img, size, " 1 force_file"),
+            dmloop_stack("dmloop-dio-w1", img, size, " 3 force_file workers 1"),
             loop_stack("loop-buf", img, False),
             loop_stack("loop-dio", img, True),
             file_stack(img)]
@@ -915,7 +919,9 @@ def main():
                     "uring": ["%s qd%d" % (w[0], w[3]) for w in m["uring"]]
                     if "uring" in only else [],
                     "setup": len(m["setup"]) if "setup" in only else 0,
-                    "scale_n": m["scale_n"] if "scale" in only else 0}}
+                    "scale_n": m["scale_n"] if "scale" in only else 0,
+                    # file mode with one worker a device beside the default
+                    "w1": True}}
 
     def save():
         out["phases_s"] = PHASES

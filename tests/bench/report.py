@@ -27,6 +27,11 @@ import xml.etree.ElementTree as ET
 
 FS_STACKS = ["linear", "dmloop-block", "dmloop-dio", "dmloop-buf", "loop-buf", "loop-dio", "file"]
 BRD_STACKS = ["dmloop-block", "dmloop-dio", "loop-buf", "loop-dio", "file"]
+# File mode with `workers 1` (the one worker of the first release), beside
+# the default, in runs whose plan says "w1".
+W1_STACKS = ["dmloop-dio-w1", "dmloop-buf-w1"]
+ORDER = ["linear", "dmloop-block", "dmloop-dio", "dmloop-dio-w1", "dmloop-buf", "dmloop-buf-w1",
+         "loop-buf", "loop-dio", "file"]
 URING_STACKS = ["linear", "dmloop-block"]
 URING_ENGINE = "io_uring"
 SCALE_KINDS = ["linear", "loop", "losetup"]
@@ -60,7 +65,7 @@ def fmt_range(r):
 def fio_rows(entries, refs):
     """One row per (workload, qd, stack) with ratios to each ref stack."""
     by = {(e["stack"], e["workload"], e["qd"]): e["runs"] for e in entries}
-    order = {s: i for i, s in enumerate(FS_STACKS)}
+    order = {s: i for i, s in enumerate(ORDER)}
     rows = []
     for (stack, wl, qd), runs in sorted(by.items(), key=lambda kv: (
             kv[0][1], kv[0][2], order.get(kv[0][0], 99), kv[0][0])):
@@ -281,6 +286,32 @@ def targets(raw, fs, brd):
                     "lowest median ratio %.2f (%s qd%d, per-rep range %s); all: %s" % (
                         worst[2][0], worst[0], worst[1], fmt_range(worst[2]),
                         ", ".join("%s qd%d %.2f" % (w, q, x[0]) for w, q, x in r))))
+    b = ratio(brd.get(("dmloop-dio", "randrw-4k", 1)), brd.get(("loop-dio", "randrw-4k", 1)))
+    if b:
+        out.append(("file mode (direct I/O) >= 2x loop --direct-io=on (brd benchmark)",
+                    ratio_verdict(b, 2), "%.2fx (per-rep range %s)" % (b[0], fmt_range(b))))
+    r = [(wl, qd, ratio(fs.get(("dmloop-buf", wl, qd)), fs.get(("loop-buf", wl, qd))))
+         for (st, wl, qd) in fs if st == "loop-buf" and qd == 32]
+    r = [x for x in r if x[2]]
+    if r:
+        worst = min(r, key=lambda x: x[2][0])
+        out.append(("buffered file mode >= 1.2x loop buffered at queue depth 32",
+                    all_verdict([x[2] for x in r], 1.2),
+                    "lowest median ratio %.2f (%s qd%d, per-rep range %s); all: %s" % (
+                        worst[2][0], worst[0], worst[1], fmt_range(worst[2]),
+                        ", ".join("%s qd%d %.2f" % (w, q, x[0]) for w, q, x in r))))
+    r = [("%s %s" % (tag, wl), qd, ratio(src.get((st, wl, qd)), src.get((st + "-w1", wl, qd))))
+         for tag, src in (("fio", fs), ("brd", brd))
+         for (st, wl, qd) in src if st in ("dmloop-dio", "dmloop-buf")]
+    r = [x for x in r if x[2]]
+    if r:
+        worst = min(r, key=lambda x: x[2][0])
+        # "Within the noise": no repetition slower than 0.95x.
+        out.append(("file mode, default workers: no workload below 0.95x `workers 1`",
+                    all_verdict([x[2] for x in r], 0.95),
+                    "lowest median ratio %.2f (%s qd%d, per-rep range %s); all: %s" % (
+                        worst[2][0], worst[0], worst[1], fmt_range(worst[2]),
+                        ", ".join("%s qd%d %.2f" % (w, q, x[0]) for w, q, x in r))))
     sc = {s["kind"]: s for s in raw.get("scale", [])}
     if "loop" in sc and "linear" in sc:
         d_avail = sc["loop"]["mem_kb_per_dev"] - sc["linear"]["mem_kb_per_dev"]
@@ -425,10 +456,11 @@ def junit_cases(raw, vm_exit):
                                         zero and "zero throughput: " + ", ".join(zero)) if x)
             cases.append(("%s[%s]" % (tag, st), why or None, ""))
 
+    w1 = W1_STACKS if plan.get("w1") else []
     if plan.get("workloads"):
-        group("fio", 0, FS_STACKS, raw.get("fio", []), plan["workloads"])
+        group("fio", 0, FS_STACKS + w1, raw.get("fio", []), plan["workloads"])
     if plan.get("brd"):
-        group("brd", 1 if plan.get("workloads") else 0, BRD_STACKS, raw.get("brd", []),
+        group("brd", 1 if plan.get("workloads") else 0, BRD_STACKS + w1[:1], raw.get("brd", []),
               ["randrw-4k qd1"])
     if plan.get("uring"):           # bench.py's last group
         group("uring", bool(plan.get("workloads")) + bool(plan.get("brd")), URING_STACKS,
@@ -493,7 +525,7 @@ def main():
 
 def sorted_entries(entries):
     """entries in fio_rows' order (its rows, one per entry)."""
-    order = {s: i for i, s in enumerate(FS_STACKS)}
+    order = {s: i for i, s in enumerate(ORDER)}
     return sorted(entries, key=lambda e: (e["workload"], e["qd"], order.get(e["stack"], 99),
                                           e["stack"]))
 

@@ -516,3 +516,42 @@ def test_bench_plans_the_setup_targets_rows():
     full = bench.MODES["full"]["setup"]
     assert {(1 << 30, None), (4 << 30, None), (16 << 30, None), (1 << 30, 4 << 10)} <= set(full)
     assert max(s for s, _ in bench.MODES["quick"]["setup"]) <= 64 << 20
+
+
+def with_w1(raw, scale):
+    """raw with the `workers 1` stacks planned and measured: each a copy of
+    its default-workers stack's rows with MiB/s times `scale`."""
+    raw = json.loads(json.dumps(raw))
+    raw["plan"]["w1"] = True
+    for group, stacks in (("fio", ("dmloop-dio", "dmloop-buf")), ("brd", ("dmloop-dio",))):
+        for e in [e for e in raw[group] if e["stack"] in stacks]:
+            c = json.loads(json.dumps(e))
+            c["stack"] += "-w1"
+            for r in c["runs"]:
+                r["mib_s"] *= scale
+            raw[group].append(c)
+    return raw
+
+
+def test_workers_1_stacks_and_their_target(tmp_path, raw):
+    """A run that planned the `workers 1` stacks: their rows sit beside the
+    default's, the target compares the two (met when one worker is half as
+    fast, NOT met when twice), and a planned stack without rows fails."""
+    rc, cases = junit(tmp_path, with_w1(raw, 0.5))
+    assert rc == 0 and not [c for c, f in cases.items() if f], cases
+    assert {"fio[dmloop-dio-w1]", "fio[dmloop-buf-w1]", "brd[dmloop-dio-w1]"} <= set(cases)
+    md = (tmp_path / "bench.md").read_text()
+    assert "| dmloop-dio-w1 |" in md and "| dmloop-buf-w1 |" in md
+    line = next(l for l in md.splitlines() if "below 0.95x `workers 1`" in l)
+    assert "| met |" in line and "2.00" in line, line
+    for t in ("2x loop --direct-io=on (brd", "1.2x loop buffered at queue depth 32"):
+        assert t in md, t
+    rc, cases = junit(tmp_path, with_w1(raw, 2.0))
+    assert rc == 0
+    line = next(l for l in (tmp_path / "bench.md").read_text().splitlines()
+                if "below 0.95x `workers 1`" in l)
+    assert "NOT met" in line, line
+    broken = with_w1(raw, 1.0)
+    broken["fio"] = [e for e in broken["fio"] if e["stack"] != "dmloop-buf-w1"]
+    rc, cases = junit(tmp_path, broken)
+    assert rc == 1 and "no rows" in cases["fio[dmloop-buf-w1]"], cases
