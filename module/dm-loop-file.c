@@ -264,36 +264,43 @@ static void loop_io_end(struct loop_io *io, blk_status_t status)
 	spin_unlock_irqrestore(&lc->lock, flags);
 }
 
+/* Under lc->lock: queue an idle worker.  The caller knows there is one. */
+static void loop_file_start_worker(struct loop_c *lc)
+{
+	unsigned int i;
+
+	for (i = 0; lc->workers[i].busy; i++)
+		;
+	lc->workers[i].busy = true;
+	lc->nr_busy++;
+	queue_work(loop_file_wq, &lc->workers[i].work);
+}
+
 /*
  * Hand a bio to the device's workers: a new one (@new counts it in flight)
- * or one back from a short read.  Each bio queued starts an idle worker
- * while there is one (a busy worker is inside a bio, perhaps blocked in the
- * filesystem, and cannot be counted on to take the next), so a deep queue
- * gets all of them at once and, with every worker busy, costs no wakeup at
- * all: they take the waiting bios as they finish.  queue_work() under the
- * lock: a requeued bio is all that keeps the device alive, and once the
- * lock is dropped a worker may end it and the destructor free lc.
+ * or one back from a short read.  A worker is started when no busy worker
+ * is free to take the bio soon: none is busy, or every busy one is inside
+ * an I/O the filesystem does synchronously (buffered I/O, fsync: it may
+ * block for as long as the host device takes).  A worker that submits
+ * asynchronous direct I/O is back for the next bio at once, so a deep queue
+ * of those costs no wakeup and no second worker (which measured slower);
+ * a deep queue of synchronous bios gets all the workers.  queue_work()
+ * under the lock: a requeued bio is all that keeps the device alive, and
+ * once the lock is dropped a worker may end it and the destructor free lc.
  */
 static void loop_file_queue(struct loop_c *lc, struct bio *bio, bool new)
 {
 	unsigned long flags;
-	unsigned int i;
 
 	spin_lock_irqsave(&lc->lock, flags);
 	if (new)
 		lc->inflight++;
 	bio_list_add(&lc->pending, bio);
-	if (lc->nr_busy < lc->nr_workers) {
-		for (i = 0; lc->workers[i].busy; i++)
-			;
-		lc->workers[i].busy = true;
-		lc->nr_busy++;
-		queue_work(loop_file_wq, &lc->workers[i].work);
-	}
+	if (lc->nr_busy == lc->nr_sync && lc->nr_busy < lc->nr_workers)
+		loop_file_start_worker(lc);
 	spin_unlock_irqrestore(&lc->lock, flags);
 }
 
-/* The last reference to an asynchronous I/O, maybe in interrupt context. */
 static void loop_io_put(struct loop_io *io)
 {
 	struct bio *bio = dm_bio_from_per_bio_data(io, sizeof(*io));
@@ -477,11 +484,14 @@ void loop_file_work(struct work_struct *work)
 	unsigned int noio = memalloc_noio_save();
 	struct loop_c *lc = w->lc;
 	unsigned int served = 0;
+	bool sync = false;
 	struct bio *bio;
 
 	current->flags |= PF_LOCAL_THROTTLE;
 	for (;;) {
 		spin_lock_irq(&lc->lock);
+		if (sync)
+			lc->nr_sync--;
 		if (served == LOOP_WORKER_BATCH && !bio_list_empty(&lc->pending)) {
 			/* A bio waits: lc cannot go before this runs again. */
 			queue_work(loop_file_wq, &w->work);
@@ -494,6 +504,13 @@ void loop_file_work(struct work_struct *work)
 			lc->nr_busy--;
 			spin_unlock_irq(&lc->lock);
 			break;
+		}
+		/* Going where it may block: let another worker take the rest. */
+		sync = !loop_file_can_aio(lc, bio, loop_bio_pos(lc, bio));
+		if (sync) {
+			lc->nr_sync++;
+			if (!bio_list_empty(&lc->pending) && lc->nr_busy < lc->nr_workers)
+				loop_file_start_worker(lc);
 		}
 		spin_unlock_irq(&lc->lock);
 

@@ -127,6 +127,7 @@ struct loop_c {
 	struct bio_list pending;	/* for the workers, oldest first */
 	unsigned int nr_workers;	/* "workers <n>", else the default */
 	unsigned int nr_busy;		/* workers queued or running */
+	unsigned int nr_sync;		/* of them, inside a synchronous I/O */
 	struct loop_worker *workers;	/* nr_workers of them, file mode only */
 
 	struct list_head stack_node;	/* loop_contexts, for loop_check_stack */
