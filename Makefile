@@ -82,11 +82,10 @@ bench-quick: deps all
 # build/bench-quick/), its cases in build/results/bench.{xml,rc} for
 # debug/summary.  It fails only when the benchmark breaks (a stack or phase
 # errors, rows or repetitions missing, a kernel fault, a timeout), never on
-# a ratio.  `make check BENCH=1` runs it after the guest suites (about 3
-# minutes on two cores).  Not by default: CI's make check came to 44 of its
-# 45 minutes with it on 2026-12-03 (the guest suites on four kernels, the
-# swap guest); `make bench-quick` and `make bench` run it on their own.
-BENCH ?= 0
+# a ratio.  make check runs it after the guest suites (about 4-5 minutes
+# on two cores; CI's make check without it took 35 of its 45); `make check
+# BENCH=0` leaves it out.
+BENCH ?= 1
 bench-result:
 	@debug/deps python3-matplotlib || echo "check: bench-quick without plots (no python3-matplotlib)"
 	@echo "check: bench-quick on the stock kernel"
