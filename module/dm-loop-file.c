@@ -23,6 +23,7 @@
 #include <linux/kthread.h>
 #include <linux/memcontrol.h>
 #include <linux/moduleparam.h>
+#include <linux/pagemap.h>
 #include <linux/sched/mm.h>
 #include <linux/uio.h>
 #include <linux/workqueue.h>
@@ -373,6 +374,39 @@ static bool loop_file_can_aio(struct loop_c *lc, struct bio *bio, loff_t pos)
 }
 
 /*
+ * Whether the I/O of @bio may keep its worker for long, so that the bios
+ * waiting need another: a flush, a FUA write, a discard, a read whose first
+ * or last page is not in the page cache, a short read back for its rest.
+ * Not an asynchronous direct I/O, nor a buffered write (a copy into the
+ * page cache, throttled only against the host), nor a read of cached pages
+ * (a copy): starting workers for those measured slower than one worker
+ * (two vCPUs, each extra worker only fought for the lock).  A guess, under
+ * lc->lock: a wrong one costs throughput, never correctness (the bios wait
+ * for the worker it guessed would be quick).
+ */
+static bool loop_file_may_block(struct loop_c *lc, struct bio *bio)
+{
+	struct address_space *mapping = lc->file->f_mapping;
+	struct loop_io *io = dm_per_bio_data(bio, sizeof(*io));
+	loff_t pos = loop_bio_pos(lc, bio);
+	loff_t last = pos + bio->bi_iter.bi_size - 1;
+
+	if (io->requeued)
+		return true;
+	if (loop_file_can_aio(lc, bio, pos))
+		return false;
+	switch (bio_op(bio)) {
+	case REQ_OP_WRITE:
+		return !bio_sectors(bio) || (bio->bi_opf & REQ_FUA);
+	case REQ_OP_READ:
+		return !filemap_range_has_page(mapping, pos, pos) ||
+		       !filemap_range_has_page(mapping, last, last);
+	default:
+		return true;
+	}
+}
+
+/*
  * Run a bio's I/O on behalf of the cgroup that submitted it, as loop does:
  * the host device's bios are charged to its blkcg (io.max, io.weight), the
  * page cache the I/O allocates to its memcg (the memcg of the blkcg's
@@ -490,8 +524,20 @@ void loop_file_work(struct work_struct *work)
 	current->flags |= PF_LOCAL_THROTTLE;
 	for (;;) {
 		spin_lock_irq(&lc->lock);
-		if (sync)
+		if (sync) {
 			lc->nr_sync--;
+			sync = false;
+			/*
+			 * Back from a synchronous I/O while another worker is
+			 * free to take the next bio: one is enough, step down.
+			 */
+			if (lc->nr_busy - lc->nr_sync > 1) {
+				w->busy = false;
+				lc->nr_busy--;
+				spin_unlock_irq(&lc->lock);
+				break;
+			}
+		}
 		if (served == LOOP_WORKER_BATCH && !bio_list_empty(&lc->pending)) {
 			/* A bio waits: lc cannot go before this runs again. */
 			queue_work(loop_file_wq, &w->work);
@@ -505,11 +551,12 @@ void loop_file_work(struct work_struct *work)
 			spin_unlock_irq(&lc->lock);
 			break;
 		}
-		/* Going where it may block: let another worker take the rest. */
-		sync = !loop_file_can_aio(lc, bio, loop_bio_pos(lc, bio));
+		/* Going where it may block: unless another worker is free, start one. */
+		sync = loop_file_may_block(lc, bio);
 		if (sync) {
 			lc->nr_sync++;
-			if (!bio_list_empty(&lc->pending) && lc->nr_busy < lc->nr_workers)
+			if (!bio_list_empty(&lc->pending) && lc->nr_busy == lc->nr_sync &&
+			    lc->nr_busy < lc->nr_workers)
 				loop_file_start_worker(lc);
 		}
 		spin_unlock_irq(&lc->lock);
