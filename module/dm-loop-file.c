@@ -281,11 +281,11 @@ static void loop_file_start_worker(struct loop_c *lc)
  * Hand a bio to the device's workers: a new one (@new counts it in flight)
  * or one back from a short read.  A worker is started when no busy worker
  * is free to take the bio soon: none is busy, or every busy one is inside
- * an I/O the filesystem does synchronously (buffered I/O, fsync: it may
- * block for as long as the host device takes).  A worker that submits
- * asynchronous direct I/O is back for the next bio at once, so a deep queue
- * of those costs no wakeup and no second worker (which measured slower);
- * a deep queue of synchronous bios gets all the workers.  queue_work()
+ * an I/O that may block for long (loop_file_may_block()).  A worker whose
+ * bios are quick (asynchronous direct I/O, copies to and from the page
+ * cache) is back for the next at once, so a deep queue of those costs no
+ * wakeup and no second worker (which measured slower); a deep queue of
+ * bios that block gets all the workers.  queue_work()
  * under the lock: a requeued bio is all that keeps the device alive, and
  * once the lock is dropped a worker may end it and the destructor free lc.
  */
@@ -302,6 +302,7 @@ static void loop_file_queue(struct loop_c *lc, struct bio *bio, bool new)
 	spin_unlock_irqrestore(&lc->lock, flags);
 }
 
+/* The last reference to an asynchronous I/O, maybe in interrupt context. */
 static void loop_io_put(struct loop_io *io)
 {
 	struct bio *bio = dm_bio_from_per_bio_data(io, sizeof(*io));
