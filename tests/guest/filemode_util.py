@@ -342,16 +342,34 @@ def fio_errors(output):
 CGROOT = Path("/sys/fs/cgroup")
 
 
-@contextlib.contextmanager
-def memory_cgroup(name, max_bytes, swap_max="max"):
-    """A cgroup v2 child with memory.max; mounts cgroup2 when needed."""
+def enable_controllers(*controllers):
+    """Mount cgroup2 at CGROOT when needed and enable `controllers` for its
+    children; skip the test when the kernel lacks one."""
     if not (CGROOT / "cgroup.controllers").exists():
         os.makedirs(CGROOT, exist_ok=True)
         dmloop.run(["mount", "-t", "cgroup2", "none", str(CGROOT)])
-    if "memory" not in (CGROOT / "cgroup.controllers").read_text().split():
+    have = (CGROOT / "cgroup.controllers").read_text().split()
+    missing = [c for c in controllers if c not in have]
+    if missing:
         import pytest
-        pytest.skip("cgroup v2 has no memory controller in this kernel")
-    (CGROOT / "cgroup.subtree_control").write_text("+memory")
+        pytest.skip("cgroup v2 has no %s controller in this kernel" % ", ".join(missing))
+    (CGROOT / "cgroup.subtree_control").write_text(" ".join("+" + c for c in controllers))
+
+
+def remove_cgroup(cg):
+    """rmdir a cgroup, retrying while its last processes exit."""
+    for _ in range(50):
+        try:
+            cg.rmdir()
+            break
+        except OSError:
+            time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def memory_cgroup(name, max_bytes, swap_max="max"):
+    """A cgroup v2 child with memory.max; mounts cgroup2 when needed."""
+    enable_controllers("memory")
     cg = CGROOT / name
     cg.mkdir()
     try:
@@ -359,12 +377,7 @@ def memory_cgroup(name, max_bytes, swap_max="max"):
         (cg / "memory.swap.max").write_text(str(swap_max))
         yield cg
     finally:
-        for _ in range(50):
-            try:
-                cg.rmdir()
-                break
-            except OSError:
-                time.sleep(0.2)
+        remove_cgroup(cg)
 
 
 def cgroup_events(cg):

@@ -192,14 +192,7 @@ def test_reload_and_remove_race_the_workers():
 # ------------------------------------------------------------ cgroups
 
 def _cgroups(*names, controllers=("io", "memory")):
-    if not (fm.CGROOT / "cgroup.controllers").exists():
-        os.makedirs(fm.CGROOT, exist_ok=True)
-        dmloop.run(["mount", "-t", "cgroup2", "none", str(fm.CGROOT)])
-    have = (fm.CGROOT / "cgroup.controllers").read_text().split()
-    missing = [c for c in controllers if c not in have]
-    if missing:
-        pytest.skip("cgroup v2 has no %s controller in this kernel" % ", ".join(missing))
-    (fm.CGROOT / "cgroup.subtree_control").write_text(" ".join("+" + c for c in controllers))
+    fm.enable_controllers(*controllers)
     cgs = []
     for n in names:
         cg = fm.CGROOT / n
@@ -210,12 +203,7 @@ def _cgroups(*names, controllers=("io", "memory")):
 
 def _rm_cgroups(cgs):
     for cg in cgs:
-        for _ in range(50):
-            try:
-                cg.rmdir()
-                break
-            except OSError:
-                time.sleep(0.2)
+        fm.remove_cgroup(cg)
 
 
 def _in_cgroup(cg, argv):
