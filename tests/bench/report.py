@@ -262,56 +262,40 @@ def targets(raw, fs, brd):
             return "NOT met"
         return "met" if v == {"met"} else "undecided (noise)"
 
-    r = [(wl, qd, ratio(fs.get(("dmloop-block", wl, qd)), fs.get(("linear", wl, qd))))
-         for (st, wl, qd) in fs if st == "linear"]
-    r = [x for x in r if x[2]]
-    if r:
-        worst = min(r, key=lambda x: x[2][0])
-        out.append(("block mode >= 0.95x dm-linear",
-                    all_verdict([x[2] for x in r], 0.95),
-                    "lowest median ratio %.2f (%s qd%d, per-rep range %s); all: %s" % (
-                        worst[2][0], worst[0], worst[1], fmt_range(worst[2]),
-                        ", ".join("%s qd%d %.2f" % (w, q, x[0]) for w, q, x in r))))
-    b = ratio(brd.get(("dmloop-block", "randrw-4k", 1)), brd.get(("loop-buf", "randrw-4k", 1)))
-    if b:
-        out.append(("block mode >= 6x loop buffered (brd benchmark)", ratio_verdict(b, 6),
-                    "%.2fx (per-rep range %s)" % (b[0], fmt_range(b))))
-    r = [(wl, qd, ratio(fs.get(("dmloop-dio", wl, qd)), fs.get(("loop-dio", wl, qd))))
-         for (st, wl, qd) in fs if st == "loop-dio"]
-    r = [x for x in r if x[2]]
-    if r:
-        worst = min(r, key=lambda x: x[2][0])
-        out.append(("file mode (direct I/O) >= 1.0x loop --direct-io=on",
-                    all_verdict([x[2] for x in r], 1.0),
-                    "lowest median ratio %.2f (%s qd%d, per-rep range %s); all: %s" % (
-                        worst[2][0], worst[0], worst[1], fmt_range(worst[2]),
-                        ", ".join("%s qd%d %.2f" % (w, q, x[0]) for w, q, x in r))))
-    b = ratio(brd.get(("dmloop-dio", "randrw-4k", 1)), brd.get(("loop-dio", "randrw-4k", 1)))
-    if b:
-        out.append(("file mode (direct I/O) >= 2x loop --direct-io=on (brd benchmark)",
-                    ratio_verdict(b, 2), "%.2fx (per-rep range %s)" % (b[0], fmt_range(b))))
-    r = [(wl, qd, ratio(fs.get(("dmloop-buf", wl, qd)), fs.get(("loop-buf", wl, qd))))
-         for (st, wl, qd) in fs if st == "loop-buf" and qd == 32]
-    r = [x for x in r if x[2]]
-    if r:
-        worst = min(r, key=lambda x: x[2][0])
-        out.append(("buffered file mode >= 1.2x loop buffered at queue depth 32",
-                    all_verdict([x[2] for x in r], 1.2),
-                    "lowest median ratio %.2f (%s qd%d, per-rep range %s); all: %s" % (
-                        worst[2][0], worst[0], worst[1], fmt_range(worst[2]),
-                        ", ".join("%s qd%d %.2f" % (w, q, x[0]) for w, q, x in r))))
-    r = [("%s %s" % (tag, wl), qd, ratio(src.get((st, wl, qd)), src.get((st + "-w1", wl, qd))))
-         for tag, src in (("fio", fs), ("brd", brd))
-         for (st, wl, qd) in src if st in ("dmloop-dio", "dmloop-buf")]
-    r = [x for x in r if x[2]]
-    if r:
-        worst = min(r, key=lambda x: x[2][0])
-        # "Within the noise": no repetition slower than 0.95x.
-        out.append(("file mode, default workers: no workload below 0.95x `workers 1`",
-                    all_verdict([x[2] for x in r], 0.95),
-                    "lowest median ratio %.2f (%s qd%d, per-rep range %s); all: %s" % (
-                        worst[2][0], worst[0], worst[1], fmt_range(worst[2]),
-                        ", ".join("%s qd%d %.2f" % (w, q, x[0]) for w, q, x in r))))
+    def ratios_target(name, r, limit):
+        """One target over [(workload, qd, ratio)]: met when every ratio is."""
+        r = [x for x in r if x[2]]
+        if r:
+            worst = min(r, key=lambda x: x[2][0])
+            out.append((name, all_verdict([x[2] for x in r], limit),
+                        "lowest median ratio %.2f (%s qd%d, per-rep range %s); all: %s" % (
+                            worst[2][0], worst[0], worst[1], fmt_range(worst[2]),
+                            ", ".join("%s qd%d %.2f" % (w, q, x[0]) for w, q, x in r))))
+
+    def brd_target(name, stack, ref, limit):
+        b = ratio(brd.get((stack, "randrw-4k", 1)), brd.get((ref, "randrw-4k", 1)))
+        if b:
+            out.append((name, ratio_verdict(b, limit),
+                        "%.2fx (per-rep range %s)" % (b[0], fmt_range(b))))
+
+    def fs_ratios(stack, ref, qd_only=None):
+        return [(wl, qd, ratio(fs.get((stack, wl, qd)), fs.get((ref, wl, qd))))
+                for (st, wl, qd) in fs if st == ref and qd_only in (None, qd)]
+
+    ratios_target("block mode >= 0.95x dm-linear", fs_ratios("dmloop-block", "linear"), 0.95)
+    brd_target("block mode >= 6x loop buffered (brd benchmark)", "dmloop-block", "loop-buf", 6)
+    ratios_target("file mode (direct I/O) >= 1.0x loop --direct-io=on",
+                  fs_ratios("dmloop-dio", "loop-dio"), 1.0)
+    brd_target("file mode (direct I/O) >= 2x loop --direct-io=on (brd benchmark)",
+               "dmloop-dio", "loop-dio", 2)
+    ratios_target("buffered file mode >= 1.2x loop buffered at queue depth 32",
+                  fs_ratios("dmloop-buf", "loop-buf", qd_only=32), 1.2)
+    # "Within the noise": no repetition slower than 0.95x.
+    ratios_target("file mode, default workers: no workload below 0.95x `workers 1`",
+                  [("%s %s" % (tag, wl), qd,
+                    ratio(src.get((st, wl, qd)), src.get((st + "-w1", wl, qd))))
+                   for tag, src in (("fio", fs), ("brd", brd))
+                   for (st, wl, qd) in src if st in ("dmloop-dio", "dmloop-buf")], 0.95)
     sc = {s["kind"]: s for s in raw.get("scale", [])}
     if "loop" in sc and "linear" in sc:
         d_avail = sc["loop"]["mem_kb_per_dev"] - sc["linear"]["mem_kb_per_dev"]
