@@ -696,7 +696,7 @@ static void loop_io_hints(struct dm_target *ti, struct queue_limits *limits)
  */
 static struct target_type loop_target = {
 	.name		 = "loop",
-	.version	 = {1, 0, 0},
+	.version	 = {1, 1, 0},
 	.features	 = DM_TARGET_NOWAIT,
 	.module		 = THIS_MODULE,
 	.ctr		 = loop_ctr,

@@ -19,7 +19,7 @@
 #include <linux/workqueue.h>
 
 #define DM_MSG_PREFIX "loop"
-#define DM_LOOP_VERSION "1.0.0"
+#define DM_LOOP_VERSION "1.1.0"
 
 enum loop_mode {
 	LOOP_MODE_BLOCK,

@@ -12,7 +12,7 @@
 #include <stdio.h>
 
 #define PROGNAME "dmloop-inspect"
-#define DMLOOP_INSPECT_VERSION "1.0.0"
+#define DMLOOP_INSPECT_VERSION "1.1.0"
 
 /* Exit codes of every subcommand; compare also uses EXIT_DIFFER. */
 #define EXIT_OK		0

@@ -539,7 +539,7 @@ def _ima_dm_records(name):
 
 def test_ima_measures_table_in_in_tree_form(files):
     """IMA's dm_table_load record of a loop table carries the target in the
-    in-tree form: `target_name=loop,target_version=1.0.0,` then the file,
+    in-tree form: `target_name=loop,target_version=1.1.0,` then the file,
     offset, mode, reason and extent count."""
     if not _ima_measure_dm():
         pytest.skip("IMA is not available, or its policy was already set this boot "
@@ -554,7 +554,7 @@ def test_ima_measures_table_in_in_tree_form(files):
         pytest.skip("IMA recorded no dm_table_load (no CRITICAL_DATA rule in the policy "
                     "set earlier this boot)")
     want = ("target_index=0,target_begin=0,target_len=%d,target_name=loop,"
-            "target_version=1.0.0,file_name=%s,offset=0,mode=block,reason=-,extents=1;"
+            "target_version=1.1.0,file_name=%s,offset=0,mode=block,reason=-,extents=1;"
             % (SECTORS, img))
     assert want in records[-1], records[-1]
 

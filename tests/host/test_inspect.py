@@ -209,7 +209,7 @@ def test_help_and_version(tool):
     p = tool("--help", expect=0)
     for word in ("list", "show", "compare", "report", "--extents", "--filefrag", "--json"):
         assert word in p.stdout
-    assert tool("--version", expect=0).stdout.strip() == "dmloop-inspect 1.0.0"
+    assert tool("--version", expect=0).stdout.strip() == "dmloop-inspect 1.1.0"
     for cmd in ("list", "show", "compare", "report"):
         assert "Usage:" in tool(cmd, "--help", expect=0).stdout
 
