@@ -90,7 +90,7 @@ MODES = {
         "brd_runtime": 10,
         "setup": [(1 * GiB, None), (4 * GiB, None), (16 * GiB, None),
                   (1 * GiB, 4 * KiB), (4 * GiB, 16 * KiB), (16 * GiB, 64 * KiB)],
-        "scale_n": 20000,
+        "scale_n": 100000,
     },
 }
 # Each setup-cost figure is the median of this many measurements (every

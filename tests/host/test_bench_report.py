@@ -233,6 +233,22 @@ def test_junit_fails_a_missing_repetition_or_scale_row(tmp_path, raw):
     assert cases["scale[losetup]"] == "no row"
 
 
+def test_junit_fails_a_scale_run_without_half_in_file_mode(tmp_path, raw):
+    """The scale phase puts every odd dm-loop device in file mode; a run where
+    the module counted otherwise did not measure what it says."""
+    raw = json.loads(json.dumps(raw))
+    loop = next(s for s in raw["scale"] if s["kind"] == "loop")
+    n = loop["count"]
+    loop.update(block_devices=n - n // 2, file_devices=n // 2)
+    rc, cases = junit(tmp_path, raw)
+    assert rc == 0 and cases["scale[loop]"] is None
+    loop.update(block_devices=n, file_devices=0)
+    rc, cases = junit(tmp_path, raw)
+    assert rc == 1
+    assert cases["scale[loop]"] == "block/file mode devices %d/0, not %d/%d" % (
+        n, n - n // 2, n // 2)
+
+
 def test_junit_without_results_or_with_a_kernel_fault(tmp_path, raw):
     (tmp_path / "none").mkdir()
     rc, cases = junit(tmp_path / "none", None, vm_exit=91)
