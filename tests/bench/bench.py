@@ -845,6 +845,16 @@ def scale(exe, n, disk2, workers=SCALE_WORKERS):
     rows = []
     d = "/mnt/scale"
     os.makedirs(d, exist_ok=True)
+    # Every dm device has a kdmflush workqueue with a rescuer thread: at the
+    # default pid_max (32768) device 33,000 or so fails with ENXIO and fork()
+    # with EAGAIN.  Room for every device's thread, and the guest's own.
+    for knob, want in (("pid_max", 4 * n + 65536), ("threads-max", 4 * n + 65536)):
+        path = "/proc/sys/kernel/" + knob
+        with open(path) as f:
+            have = int(f.read())
+        if have < want:
+            with open(path, "w") as f:
+                f.write("%d\n" % min(want, 4194304))
     for kind in ("linear", "loop", "losetup"):
         t0 = time.monotonic()
         try:
