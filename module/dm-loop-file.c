@@ -9,9 +9,9 @@
  * filesystem or block layer (PF_MEMALLOC_NOIO, and the backing mapping's gfp
  * mask without __GFP_IO | __GFP_FS), throttles only against the backing
  * device (PF_LOCAL_THROTTLE): the lessons of drivers/block/loop.c.  Unlike
- * loop's per-device workqueue it runs on one WQ_MEM_RECLAIM workqueue, whose
- * rescuer serves the work items, in turn, when no new kworker can be
- * created (a worker yields after LOOP_WORKER_BATCH bios).
+ * loop's per-device workqueue it runs on one WQ_MEM_RECLAIM workqueue per
+ * stack depth (loop_file_wq[]), whose rescuer serves the work items when
+ * no new kworker can be created.
  */
 #include <linux/bio.h>
 #include <linux/blk-cgroup.h>
@@ -66,8 +66,21 @@ MODULE_PARM_DESC(workers, "Workers of a file-mode device whose table does not se
 		 __stringify(LOOP_MAX_WORKERS) ", default "
 		 __stringify(LOOP_DEFAULT_WORKERS) ")");
 
-/* One workqueue for all devices: a rescuer thread per device does not scale. */
-static struct workqueue_struct *loop_file_wq;
+/*
+ * One workqueue for each stack depth, not per device (a rescuer thread per
+ * device does not scale).  A worker may wait for the devices under its
+ * file's filesystem, never for one above: with one workqueue for all, a
+ * stack's upper workers blocked on the lower device's could fill the
+ * workqueue's max_active (or hold its one rescuer) and the lower worker
+ * would never run.  Each depth's workers only wait on shallower
+ * workqueues', so each depth keeps its own max_active and rescuer.
+ */
+static struct workqueue_struct *loop_file_wq[LOOP_MAX_STACK];
+
+static struct workqueue_struct *loop_wq_of(struct loop_c *lc)
+{
+	return loop_file_wq[lc->depth];
+}
 
 static bool loop_bio_dio_aligned(struct loop_c *lc, struct bio *bio, loff_t pos)
 {
@@ -274,7 +287,7 @@ static void loop_file_start_worker(struct loop_c *lc)
 		;
 	lc->workers[i].busy = true;
 	lc->nr_busy++;
-	queue_work(loop_file_wq, &lc->workers[i].work);
+	queue_work(loop_wq_of(lc), &lc->workers[i].work);
 }
 
 /*
@@ -541,7 +554,7 @@ void loop_file_work(struct work_struct *work)
 		}
 		if (served == LOOP_WORKER_BATCH && !bio_list_empty(&lc->pending)) {
 			/* A bio waits: lc cannot go before this runs again. */
-			queue_work(loop_file_wq, &w->work);
+			queue_work(loop_wq_of(lc), &w->work);
 			spin_unlock_irq(&lc->lock);
 			break;
 		}
@@ -665,14 +678,28 @@ void loop_file_teardown(struct loop_c *lc)
 	loop_inode_unuse(lc);
 }
 
-int loop_file_init(void)
-{
-	loop_file_wq = alloc_workqueue("dm-loop", WQ_MEM_RECLAIM | WQ_UNBOUND,
-				       WQ_UNBOUND_MAX_ACTIVE);
-	return loop_file_wq ? 0 : -ENOMEM;
-}
-
 void loop_file_exit(void)
 {
-	destroy_workqueue(loop_file_wq);
+	unsigned int i;
+
+	for (i = 0; i < LOOP_MAX_STACK; i++)
+		if (loop_file_wq[i]) {
+			destroy_workqueue(loop_file_wq[i]);
+			loop_file_wq[i] = NULL;
+		}
+}
+
+int loop_file_init(void)
+{
+	unsigned int i;
+
+	for (i = 0; i < LOOP_MAX_STACK; i++) {
+		loop_file_wq[i] = alloc_workqueue("dm-loop/%u", WQ_MEM_RECLAIM | WQ_UNBOUND,
+						  WQ_UNBOUND_MAX_ACTIVE, i);
+		if (!loop_file_wq[i]) {
+			loop_file_exit();
+			return -ENOMEM;
+		}
+	}
+	return 0;
 }

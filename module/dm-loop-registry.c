@@ -252,9 +252,6 @@ void loop_inode_unuse(struct loop_c *lc)
  */
 static LIST_HEAD(loop_contexts);
 
-/* How many distinct devices loop_check_stack() follows down a stack. */
-#define LOOP_MAX_STACK 16
-
 /*
  * Refuse a file whose filesystem sits on this very device, directly or
  * through dm-loop devices below it (loop.c's loop_validate_file() is the
@@ -274,6 +271,7 @@ int loop_check_stack(struct loop_c *lc)
 	struct loop_c *c;
 	int r = 0;
 
+	lc->depth = 0;
 	mutex_lock(&loop_registry_lock);
 	if (bdev)
 		disks[nr++] = bdev->bd_disk;
@@ -290,6 +288,8 @@ int loop_check_stack(struct loop_c *lc)
 		list_for_each_entry(c, &loop_contexts, stack_node) {
 			if (dm_disk(c->md) != disks[i])
 				continue;
+			/* A device below: our workers may wait for its. */
+			lc->depth = max(lc->depth, c->depth + 1);
 			bdev = loop_file_bdev(c->file);
 			if (!bdev)
 				continue;
@@ -303,6 +303,25 @@ int loop_check_stack(struct loop_c *lc)
 				break;
 			}
 			disks[nr++] = bdev->bd_disk;
+		}
+	}
+	if (!r && lc->depth >= LOOP_MAX_STACK) {
+		lc->ti->error = "Too many dm-loop devices stacked under the file";
+		r = -ELOOP;
+	}
+	/*
+	 * A device above (its file on our disk) must stay deeper than we are:
+	 * its workers wait for ours, on the workqueue of its own depth.  Only
+	 * a reload onto a deeper file can break that.
+	 */
+	if (!r) {
+		list_for_each_entry(c, &loop_contexts, stack_node) {
+			bdev = loop_file_bdev(c->file);
+			if (bdev && bdev->bd_disk == self && c->depth <= lc->depth) {
+				lc->ti->error = "A device stacked on this one would be under it";
+				r = -ELOOP;
+				break;
+			}
 		}
 	}
 	if (!r)

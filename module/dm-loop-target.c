@@ -191,11 +191,12 @@ size_t loop_format_info(struct loop_c *lc, char *buf, size_t size)
 	n += scnprintf(buf + n, size - n,
 		       "reads: %llu\nwrites: %llu\nflushes: %llu\nsplits: %llu\n"
 		       "direct_ios: %llu\nbuffered_ios: %llu\ndiscards: %llu\n"
-		       "errors: %llu\nread_only: %d\nwalk: %s\nworkers: %u\n",
+		       "errors: %llu\nread_only: %d\nwalk: %s\nworkers: %u\n"
+		       "stack_depth: %u\n",
 		       st.reads, st.writes, st.flushes, st.splits,
 		       st.direct_ios, st.buffered_ios, st.discards, st.errors,
 		       lc->read_only, loop_walk_names[lc->walk],
-		       lc->mode == LOOP_MODE_FILE ? lc->nr_workers : 0);
+		       lc->mode == LOOP_MODE_FILE ? lc->nr_workers : 0, lc->depth);
 	return n;
 }
 

@@ -72,6 +72,9 @@ enum loop_walk {
 #define LOOP_OPT_NO_DIRECT_IO	BIT(2)
 #define LOOP_OPT_WORKERS	BIT(3)	/* "workers <n>": two words */
 
+/* How deep dm-loop devices may stack: loop_check_stack() refuses more. */
+#define LOOP_MAX_STACK		16
+
 /* File mode's workers per device: the default and the most a table may ask. */
 #define LOOP_DEFAULT_WORKERS	4
 #define LOOP_MAX_WORKERS	64
@@ -131,6 +134,7 @@ struct loop_c {
 	struct loop_worker *workers;	/* nr_workers of them, file mode only */
 
 	struct list_head stack_node;	/* loop_contexts, for loop_check_stack */
+	unsigned int depth;		/* dm-loop devices under the file's filesystem */
 
 	u64 setup_ns;
 	struct loop_stats __percpu *stats;

@@ -10,6 +10,7 @@ test_tables.py; the file-mode suite itself (test_file_mode.py) runs with
 the default count in make check and with `DMLOOP_KO_ARGS=workers=1`.
 """
 
+import contextlib
 import mmap
 import os
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 
 import dmloop
 import filemode_util as fm
+from safety_util import table_error_re
 
 MiB = 1 << 20
 PARAM = Path("/sys/module/dm_loop/parameters/workers")
@@ -187,6 +189,90 @@ def test_reload_and_remove_race_the_workers():
                 out, err = job.communicate(timeout=900)
             assert job.returncode == 0 and fm.fio_errors(out) == 0, out + err
             dmloop.remove("wk-race", retries=1)
+
+
+# ------------------------------------------------------------ stacking
+
+def test_stacked_file_mode_devices_never_wait_on_their_own_workqueue():
+    """Nine file-mode devices, 64 workers each, over files on ext4 on a
+    tenth file-mode device: each upper bio's buffered read of its file
+    waits for the lower device's worker.  With one workqueue for all, the
+    576 blocked upper workers fill its max_active (512) and the lower
+    worker never runs: a hang.  Each stack depth has its own workqueue, so
+    the 576 random reads at queue depth 64 finish."""
+    n_upper, each = 9, 48 * MiB
+    with dmloop.mounted_fs("ext4") as host:
+        low = host / "lower"
+        fm.make_sparse(low, n_upper * each + 128 * MiB)
+        with fm.loop_device("wk-low", low, n_upper * each + 128 * MiB,
+                            opts=("force_file",)) as ldev:
+            with dmloop.mounted_fs("ext4", dev=ldev) as mp:
+                files = []
+                for i in range(n_upper):
+                    f = mp / ("up%d" % i)
+                    dmloop.write_random(f, each, seed=70 + i, fsync=True)
+                    files.append(f)
+                with contextlib.ExitStack() as stack:
+                    devs = [stack.enter_context(fm.loop_device(
+                        "wk-up%d" % i, f, each,
+                        opts=("force_file", "no_direct_io", "workers", "64")))
+                        for i, f in enumerate(files)]
+                    dmloop.drop_caches()
+                    jobs = [fm.fio(d, "--ioengine=libaio", "--direct=1", "--iodepth=64",
+                                   "--rw=randread", "--bs=4k", "--runtime=8", "--time_based",
+                                   "--norandommap", "--group_reporting", background=True)
+                            for d in devs]
+                    outs = []
+                    for job in jobs:
+                        try:
+                            out, err = job.communicate(timeout=180)
+                        except subprocess.TimeoutExpired:
+                            pytest.fail("fio over the stacked devices hung (workqueue full?)")
+                        assert job.returncode == 0 and fm.fio_errors(out) == 0, out + err
+                        outs.append(out)
+                    for i in range(n_upper):
+                        info = fm.target_info("wk-up%d" % i)
+                        assert info["errors"] == 0 and info["reads"] > 0, info
+                    # the lower device's workers are on a workqueue of their own
+                    assert fm.target_info("wk-low")["stack_depth"] == 0
+                    assert fm.target_info("wk-up0")["stack_depth"] == 1
+
+
+def test_a_reload_cannot_put_a_device_under_one_stacked_on_it():
+    """L over a file on the host disk, U over a file on ext4 on L (depth 1),
+    M another file-mode device with ext4 (depth 0).  Reloading L onto a
+    file on M's ext4 would make L as deep as U, whose workers wait for L's:
+    refused with ELOOP and a clear error, the live table untouched; a
+    reload onto another file on the host disk is fine."""
+    size = 32 * MiB
+    with dmloop.mounted_fs("ext4") as host, contextlib.ExitStack() as stack:
+        for n in ("low", "low2", "mid"):
+            fm.make_sparse(host / n, size)
+        ldev = stack.enter_context(fm.loop_device("wk-l", host / "low", size,
+                                                  opts=("force_file",)))
+        mdev = stack.enter_context(fm.loop_device("wk-m", host / "mid", size,
+                                                  opts=("force_file",)))
+        lmp = stack.enter_context(dmloop.mounted_fs("ext4", dev=ldev))
+        mmp = stack.enter_context(dmloop.mounted_fs("ext4", dev=mdev))
+        fm.make_sparse(lmp / "up", 4 * MiB)
+        fm.make_sparse(mmp / "deep", size)
+        stack.enter_context(fm.loop_device("wk-u", lmp / "up", 4 * MiB, opts=("force_file",)))
+        assert [fm.target_info(n)["stack_depth"] for n in ("wk-l", "wk-m", "wk-u")] == [0, 0, 1]
+        before = dmloop.table("wk-l")
+        kmsg = dmloop.Kmsg()
+        try:
+            kmsg.mark()
+            p = dmloop.dmsetup("reload", "wk-l", check=False,
+                               input=fm.file_table(mmp / "deep", size, opts=("force_file",)) + "\n")
+            lines = kmsg.new_lines()
+        finally:
+            kmsg.close()
+        assert p.returncode != 0, "a reload under a stacked device was accepted"
+        want = table_error_re("A device stacked on this one would be under it", "ELOOP")
+        assert any(want.search(line) for line in lines), lines
+        assert dmloop.table("wk-l") == before
+        dmloop.reload("wk-l", fm.file_table(host / "low2", size, opts=("force_file",)))
+        dmloop.dmsetup("clear", "wk-l")
 
 
 # ------------------------------------------------------------ cgroups
