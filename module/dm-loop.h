@@ -134,7 +134,9 @@ struct loop_c {
 	struct loop_worker *workers;	/* nr_workers of them, file mode only */
 
 	struct list_head stack_node;	/* loop_contexts, for loop_check_stack */
-	unsigned int depth;		/* dm-loop devices under the file's filesystem */
+	unsigned int depth;		/* see loop_check_stack() */
+	const struct gendisk *file_disk; /* the file's filesystem's disk, or NULL */
+	bool file_on_dm;		/* ... a device-mapper disk */
 
 	u64 setup_ns;
 	struct loop_stats __percpu *stats;
@@ -143,8 +145,8 @@ struct loop_c {
 };
 
 /*
- * One of a file-mode device's workers: a work item on the module's shared
- * workqueue, not a thread.  @busy (under lc->lock): queued or running, and
+ * One of a file-mode device's workers: a work item on the workqueue of its depth
+ * (loop_file_wq[]), not a thread.  @busy (under lc->lock): queued or running, and
  * counted in lc->nr_busy.
  */
 struct loop_worker {
