@@ -303,10 +303,9 @@ int loop_check_stack(struct loop_c *lc)
 				continue;
 			/* A device below: our workers may wait for its. */
 			lc->depth = max(lc->depth, c->depth + 1);
-			bdev = loop_file_bdev(c->file);
-			if (!bdev)
+			if (!c->file_disk)
 				continue;
-			for (j = 0; j < nr && disks[j] != bdev->bd_disk; j++)
+			for (j = 0; j < nr && disks[j] != c->file_disk; j++)
 				;
 			if (j < nr)
 				continue;
@@ -315,7 +314,7 @@ int loop_check_stack(struct loop_c *lc)
 				r = -ELOOP;
 				break;
 			}
-			disks[nr++] = bdev->bd_disk;
+			disks[nr++] = c->file_disk;
 		}
 	}
 	if (!r && lc->depth >= LOOP_MAX_STACK) {
