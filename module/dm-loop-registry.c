@@ -266,8 +266,9 @@ static unsigned int loop_nr_on_dm;
  */
 int loop_check_stack(struct loop_c *lc)
 {
-	struct block_device *bdev = loop_file_bdev(lc->file);
+	/* loop_file_bdev()'s superblock: the real inode's, under overlayfs. */
 	struct super_block *sb = d_real_inode(lc->file->f_path.dentry)->i_sb;
+	struct block_device *bdev = sb->s_bdev;
 	const struct gendisk *self = dm_disk(lc->md);
 	const struct gendisk *disks[LOOP_MAX_STACK];
 	unsigned int nr = 0, i, j;
@@ -324,11 +325,12 @@ int loop_check_stack(struct loop_c *lc)
 	/*
 	 * A device above (its file on our disk) must stay deeper than we are:
 	 * its workers wait for ours, on the workqueue of its own depth.  A
-	 * reload onto a deeper file can break that.  Only tables over files on
-	 * device-mapper disks can be above us: none, no walk (100,000 devices
-	 * over plain disks load without one).
+	 * reload onto a deeper file can break that.  Only a table over a file
+	 * on a device-mapper disk can be above us, and it has depth 1 at
+	 * least: at depth 0, or with no such table, nothing to walk (100,000
+	 * devices over plain disks load without a walk).
 	 */
-	if (!r && loop_nr_on_dm) {
+	if (!r && lc->depth && loop_nr_on_dm) {
 		list_for_each_entry(c, &loop_contexts, stack_node) {
 			if (c->file_disk == self && c->depth <= lc->depth) {
 				DMERR("%s: %s is stacked on this device and would be under it",
