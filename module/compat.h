@@ -119,4 +119,69 @@ static inline void dmloop_vm_flags_set(struct vm_area_struct *vma, vm_flags_t fl
 }
 #endif
 
+/*
+ * The pNFS block layout export operations (fs/xfs/xfs_pnfs.c): map a file
+ * range (with @write, allocate it unwritten) and convert written ranges
+ * from unwritten, durably.  Until they moved into struct
+ * exportfs_block_ops (<linux/exportfs_block.h>), commit_blocks() took the
+ * inode's new times in an iattr; since then the filesystem sets them and
+ * takes a new size, 0 for none (it only ever grows the file).
+ */
+#if __has_include(<linux/exportfs_block.h>)
+#include <linux/exportfs_block.h>
+
+static inline const struct exportfs_block_ops *dmloop_block_ops(struct super_block *sb)
+{
+	return sb->s_export_op ? sb->s_export_op->block_ops : NULL;
+}
+
+static inline bool dmloop_has_block_ops(struct super_block *sb)
+{
+	const struct exportfs_block_ops *bops = dmloop_block_ops(sb);
+
+	return bops && bops->map_blocks && bops->commit_blocks;
+}
+
+static inline int dmloop_map_blocks(struct inode *inode, loff_t offset, u64 len,
+				    struct iomap *iomap, bool write)
+{
+	u32 gen;
+
+	return dmloop_block_ops(inode->i_sb)->map_blocks(inode, offset, len, iomap,
+							  write, &gen);
+}
+
+static inline int dmloop_commit_blocks(struct inode *inode, struct iomap *maps, int nr)
+{
+	return dmloop_block_ops(inode->i_sb)->commit_blocks(inode, maps, nr, 0);
+}
+#else
+#include <linux/exportfs.h>
+
+static inline bool dmloop_has_block_ops(struct super_block *sb)
+{
+	const struct export_operations *ops = sb->s_export_op;
+
+	return ops && ops->map_blocks && ops->commit_blocks;
+}
+
+static inline int dmloop_map_blocks(struct inode *inode, loff_t offset, u64 len,
+				    struct iomap *iomap, bool write)
+{
+	u32 gen;
+
+	return inode->i_sb->s_export_op->map_blocks(inode, offset, len, iomap, write, &gen);
+}
+
+static inline int dmloop_commit_blocks(struct inode *inode, struct iomap *maps, int nr)
+{
+	struct iattr iattr = {
+		.ia_valid = ATTR_CTIME | ATTR_MTIME,
+	};
+
+	iattr.ia_ctime = iattr.ia_mtime = current_time(inode);
+	return inode->i_sb->s_export_op->commit_blocks(inode, maps, nr, &iattr);
+}
+#endif
+
 #endif /* DM_LOOP_COMPAT_H */

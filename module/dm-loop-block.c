@@ -10,6 +10,7 @@
  */
 #include <linux/blkdev.h>
 #include <linux/fiemap.h>
+#include <linux/iomap.h>
 #include <linux/mm.h>
 #include <linux/mman.h>
 #include <linux/moduleparam.h>
@@ -56,7 +57,9 @@ static int loop_extent_append(struct loop_extent_buf *buf, sector_t dev_sector,
 
 	if (buf->nr) {
 		e = &buf->v[buf->nr - 1];
-		if (e->host_sector + e->len == host_sector &&
+		/* A hole's host_sector is LOOP_EXT_HOLE, whatever its length. */
+		if ((e->host_sector & LOOP_EXT_HOLE ? e->host_sector == host_sector :
+		     e->host_sector + e->len == host_sector) &&
 		    e->dev_sector + e->len == dev_sector) {
 			e->len += len;
 			return 0;
@@ -190,6 +193,37 @@ static sector_t loop_bmap_block(struct inode *inode, sector_t block)
 	return bmap(inode, &block) ? 0 : block;
 }
 
+/* A sparse table's hole, from w->pos up to file byte @to. */
+static int loop_hole_append(struct loop_fiemap_walk *w, struct loop_extent_buf *buf, u64 to)
+{
+	struct loop_c *lc = w->lc;
+	int r;
+
+	r = loop_extent_append(buf, (w->pos - lc->offset) >> SECTOR_SHIFT, LOOP_EXT_HOLE,
+			       (to - w->pos) >> SECTOR_SHIFT);
+	if (r) {
+		lc->ti->error = "Cannot allocate extent table";
+		return r;
+	}
+	w->pos = to;
+	return 0;
+}
+
+/* map_blocks() says file block @block is unwritten, at disk block @pblk. */
+static bool loop_unwritten_witness(struct loop_fiemap_walk *w, sector_t block, sector_t pblk)
+{
+	unsigned int bits = w->inode->i_blkbits;
+	loff_t pos = (loff_t)block << bits;
+	struct iomap iomap = {};
+
+	if (dmloop_map_blocks(w->inode, pos, 1U << bits, &iomap, false))
+		return false;
+	return iomap.type == IOMAP_UNWRITTEN && iomap.bdev == w->lc->host_bdev &&
+	       iomap.offset <= pos && pos < iomap.offset + (loff_t)iomap.length &&
+	       iomap.addr != IOMAP_NULL_ADDR &&
+	       iomap.addr + (pos - iomap.offset) == (u64)pblk << bits;
+}
+
 /*
  * Add what one FIEMAP record maps at w->pos to the table.  Returns 0,
  * LOOP_RET_UNMAPPABLE (lc->reason and the file block set), or an error
@@ -204,6 +238,7 @@ static int loop_fiemap_add(struct loop_fiemap_walk *w, struct loop_extent_buf *b
 	u64 logical = fe->fe_logical, phys = fe->fe_physical, len = fe->fe_length;
 	enum loop_reason reason;
 	sector_t first, last, pblk;
+	bool unwritten;
 	int r;
 
 	if (!len || logical + len < logical || phys + len < phys) {
@@ -223,12 +258,21 @@ static int loop_fiemap_add(struct loop_fiemap_walk *w, struct loop_extent_buf *b
 		lc->ti->error = "Filesystem reported a malformed extent";
 		return -EIO;
 	}
-	if (logical > w->pos)
-		return loop_unmappable(lc, LOOP_REASON_HOLE, w->pos >> bits);
+	if (logical > w->pos) {
+		if (!lc->sparse)
+			return loop_unmappable(lc, LOOP_REASON_HOLE, w->pos >> bits);
+		r = loop_hole_append(w, buf, min(logical, w->end));
+		if (r || w->pos >= w->end)
+			return r;
+	}
 	reason = loop_fiemap_flags_reason(fe->fe_flags);
 	if (reason == LOOP_REASON_NONE && ((logical | phys | len) & mask))
 		reason = LOOP_REASON_NOT_ALIGNED;
-	if (reason != LOOP_REASON_NONE)
+	/* Unwritten and nothing else, aligned: a sparse table holds it. */
+	unwritten = lc->sparse && !((logical | phys | len) & mask) &&
+		    (fe->fe_flags & ~(FIEMAP_EXTENT_LAST | FIEMAP_EXTENT_MERGED)) ==
+		    FIEMAP_EXTENT_UNWRITTEN;
+	if (reason != LOOP_REASON_NONE && !unwritten)
 		return loop_unmappable(lc, reason, w->pos >> bits);
 
 	phys += w->pos - logical;
@@ -244,7 +288,13 @@ static int loop_fiemap_add(struct loop_fiemap_walk *w, struct loop_extent_buf *b
 	first = w->pos >> bits;
 	last = first + (len >> bits) - 1;
 	pblk = phys >> bits;
-	if (w->witness_all || !w->witnessed) {
+	if (unwritten) {
+		/* bmap() has nothing for unwritten blocks: map_blocks() is the witness. */
+		if (w->witness_all &&
+		    (!loop_unwritten_witness(w, first, pblk) ||
+		     !loop_unwritten_witness(w, last, pblk + (last - first))))
+			return loop_unmappable(lc, LOOP_REASON_BMAP_MISMATCH, first);
+	} else if (w->witness_all || !w->witnessed) {
 		if (!pblk || loop_bmap_block(w->inode, first) != pblk)
 			return loop_unmappable(lc, LOOP_REASON_BMAP_MISMATCH, first);
 		if (last != first &&
@@ -260,7 +310,8 @@ static int loop_fiemap_add(struct loop_fiemap_walk *w, struct loop_extent_buf *b
 	}
 
 	r = loop_extent_append(buf, (w->pos - lc->offset) >> SECTOR_SHIFT,
-			       phys >> SECTOR_SHIFT, len >> SECTOR_SHIFT);
+			       (phys >> SECTOR_SHIFT) | (unwritten ? LOOP_EXT_UNWRITTEN : 0),
+			       len >> SECTOR_SHIFT);
 	if (r) {
 		lc->ti->error = "Cannot allocate extent table";
 		return r;
@@ -395,7 +446,9 @@ static int loop_walk_fiemap(struct loop_c *lc, struct loop_extent_buf *buf,
 		}
 		/* Fewer than asked for: that was all, and the rest is a hole. */
 		if (fi.fi_extents_mapped < LOOP_FIEMAP_BATCH) {
-			if (w.pos < w.end)
+			if (w.pos < w.end && lc->sparse)
+				r = loop_hole_append(&w, buf, w.end);
+			else if (w.pos < w.end)
 				r = loop_unmappable(lc, LOOP_REASON_HOLE,
 						    w.pos >> inode->i_blkbits);
 			break;
@@ -431,6 +484,16 @@ static bool loop_can_fiemap(struct inode *inode)
 	       !(current->flags & PF_KTHREAD) && !READ_ONCE(loop_bmap_walk);
 }
 
+static bool loop_buf_sparse(const struct loop_extent_buf *b)
+{
+	unsigned int i;
+
+	for (i = 0; i < b->nr; i++)
+		if (b->v[i].host_sector & LOOP_EXT_STATE)
+			return true;
+	return false;
+}
+
 static bool loop_extents_equal(const struct loop_extent_buf *a,
 			       const struct loop_extent_buf *b)
 {
@@ -459,6 +522,7 @@ int loop_block_setup(struct loop_c *lc)
 	struct address_space *mapping = lc->file->f_mapping;
 	struct loop_extent_buf seen = {}, buf = {};
 	bool reloading, frozen, fiemap, walked = false;
+	struct loop_table *t;
 	int r;
 
 	lc->host_bdev = inode->i_sb->s_bdev;
@@ -467,6 +531,11 @@ int loop_block_setup(struct loop_c *lc)
 	snprintf(lc->host_dm_dev.name, sizeof(lc->host_dm_dev.name), "%u:%u",
 		 MAJOR(lc->host_bdev->bd_dev), MINOR(lc->host_bdev->bd_dev));
 	fiemap = loop_can_fiemap(inode);
+	/*
+	 * Holes and unwritten ranges only where map_blocks() serves the
+	 * file, and from FIEMAP (bmap() says 0 for both, and for shared).
+	 */
+	lc->sparse = fiemap && loop_sparse_possible(lc);
 
 	/*
 	 * 1: this device holds the pin (a reload over its live table's
@@ -500,7 +569,17 @@ int loop_block_setup(struct loop_c *lc)
 				goto out;
 			r = 0;
 		}
+		/*
+		 * A sparse layout needs map_blocks(), which refuses a reflinked
+		 * inode: then the walk under the pin names the first hole.
+		 */
+		if (walked && loop_buf_sparse(&seen) && loop_sparse_probe(lc)) {
+			lc->sparse = false;
+			walked = false;
+		}
 	}
+	if (!fiemap)
+		lc->sparse = false;
 
 	r = loop_inode_pin(lc);
 	if (r == -EAGAIN)
@@ -562,6 +641,7 @@ int loop_block_setup(struct loop_c *lc)
 	if (r == LOOP_RET_NO_FIEMAP) {
 		kvfree(buf.v);
 		buf = (struct loop_extent_buf){};
+		lc->sparse = false;
 		r = loop_walk_bmap(lc, &buf);
 	}
 	if (r)
@@ -574,21 +654,30 @@ int loop_block_setup(struct loop_c *lc)
 	kvfree(seen.v);
 	seen.v = NULL;
 
+	/* A reload's probe ran under its own pin; a new pin's already did. */
+	if (reloading && loop_buf_sparse(&buf) && loop_sparse_probe(lc)) {
+		lc->ti->error = "Cannot map the file's blocks";
+		r = -EIO;
+		goto bad;
+	}
+	lc->sparse = loop_buf_sparse(&buf);
+
 	/* The last block may reach past the device's end. */
 	buf.v[buf.nr - 1].len = lc->ti->len - buf.v[buf.nr - 1].dev_sector;
-	if (buf.nr == buf.size) {
-		lc->extents = buf.v;
-	} else {
-		lc->extents = kvmalloc_array(buf.nr, sizeof(*lc->extents), GFP_KERNEL);
-		if (!lc->extents) {
-			lc->ti->error = "Cannot allocate extent table";
-			r = -ENOMEM;
-			goto bad;
-		}
-		memcpy(lc->extents, buf.v, buf.nr * sizeof(*lc->extents));
-		kvfree(buf.v);
+	t = loop_table_alloc(buf.nr);
+	if (!t) {
+		lc->ti->error = "Cannot allocate extent table";
+		r = -ENOMEM;
+		goto bad;
 	}
-	lc->nr_extents = buf.nr;
+	memcpy(t->v, buf.v, buf.nr * sizeof(*t->v));
+	kvfree(buf.v);
+	loop_table_count(t);
+	RCU_INIT_POINTER(lc->table, t);
+	if (lc->sparse) {
+		mutex_init(&lc->alloc_lock);
+		INIT_WORK(&lc->sparse_work, loop_sparse_work);
+	}
 
 	lc->ti->num_flush_bios = 1;
 	return 0;
@@ -613,28 +702,43 @@ out:
 
 void loop_block_teardown(struct loop_c *lc)
 {
+	if (lc->sparse)
+		loop_sparse_teardown(lc);
 	if (lc->pinned)
 		invalidate_inode_pages2(lc->file->f_mapping);
 	loop_inode_unpin(lc);
-	kvfree(lc->extents);
-	lc->extents = NULL;
-	lc->nr_extents = 0;
+	/* No bio is left, nor map(): no reader of the table either. */
+	kvfree(rcu_dereference_protected(lc->table, 1));
+	RCU_INIT_POINTER(lc->table, NULL);
 }
 
 /* The extent holding a target-relative sector; the table covers them all. */
-const struct loop_extent *loop_find_extent(struct loop_c *lc, sector_t sector)
+const struct loop_extent *loop_find_extent(const struct loop_table *t, sector_t sector)
 {
-	unsigned int lo = 0, hi = lc->nr_extents;
+	unsigned int lo = 0, hi = t->nr;
 
 	while (hi - lo > 1) {
 		unsigned int mid = lo + (hi - lo) / 2;
 
-		if (lc->extents[mid].dev_sector <= sector)
+		if (t->v[mid].dev_sector <= sector)
 			lo = mid;
 		else
 			hi = mid;
 	}
-	return &lc->extents[lo];
+	return &t->v[lo];
+}
+
+/* Extents in the live table (0 in file mode). */
+unsigned int loop_nr_extents(struct loop_c *lc)
+{
+	struct loop_table *t;
+	unsigned int nr;
+
+	rcu_read_lock();
+	t = rcu_dereference(lc->table);
+	nr = t ? t->nr : 0;
+	rcu_read_unlock();
+	return nr;
 }
 
 int loop_block_map(struct dm_target *ti, struct bio *bio)
@@ -650,13 +754,19 @@ int loop_block_map(struct dm_target *ti, struct bio *bio)
 	}
 
 	sector = dm_target_offset(ti, bio->bi_iter.bi_sector);
-	e = loop_find_extent(lc, sector);
+	rcu_read_lock();
+	e = loop_find_extent(rcu_dereference(lc->table), sector);
 	left = e->dev_sector + e->len - sector;
 	if (bio_sectors(bio) > left) {
 		dm_accept_partial_bio(bio, left);
 		loop_stat_inc(lc, splits);
 	}
+	if (unlikely(!loop_ext_written(e))) {
+		rcu_read_unlock();
+		return loop_sparse_map(lc, bio);
+	}
 	bio->bi_iter.bi_sector = e->host_sector + (sector - e->dev_sector);
+	rcu_read_unlock();
 
 	if (op_is_write(bio_op(bio)))
 		loop_stat_inc(lc, writes);

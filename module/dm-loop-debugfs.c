@@ -13,39 +13,72 @@
 
 static struct dentry *loop_debugfs_root;
 
-static void *loop_extents_start(struct seq_file *m, loff_t *pos)
-{
-	struct loop_c *lc = m->private;
+/*
+ * One read of the table: the one live when the read began, under RCU (a
+ * sparse table is replaced as its ranges are written; a read() that
+ * spans such a change may show part of each).
+ */
+struct loop_extents_iter {
+	struct loop_c *lc;
+	const struct loop_table *t;
+};
 
+static void *loop_extents_start(struct seq_file *m, loff_t *pos)
+	__acquires(RCU)
+{
+	struct loop_extents_iter *it = m->private;
+
+	rcu_read_lock();
+	it->t = rcu_dereference(it->lc->table);
 	if (*pos == 0)
 		return SEQ_START_TOKEN;
-	return *pos <= lc->nr_extents ? &lc->extents[*pos - 1] : NULL;
+	return it->t && *pos <= it->t->nr ? (void *)&it->t->v[*pos - 1] : NULL;
 }
 
 static void *loop_extents_next(struct seq_file *m, void *v, loff_t *pos)
 {
+	struct loop_extents_iter *it = m->private;
+
 	++*pos;
-	return loop_extents_start(m, pos);
+	return it->t && *pos <= it->t->nr ? (void *)&it->t->v[*pos - 1] : NULL;
 }
 
 static void loop_extents_stop(struct seq_file *m, void *v)
+	__releases(RCU)
 {
+	rcu_read_unlock();
 }
 
+static const char *loop_extent_state(const struct loop_extent *e)
+{
+	if (e->host_sector & LOOP_EXT_HOLE)
+		return "hole";
+	return e->host_sector & LOOP_EXT_UNWRITTEN ? "unwritten" : "written";
+}
+
+/*
+ * v1: a table of written extents.  v2, for a sparse file's table: a fifth
+ * column says written, unwritten or hole (whose host_sector is 0).
+ */
 static int loop_extents_show(struct seq_file *m, void *v)
 {
-	struct loop_c *lc = m->private;
+	struct loop_extents_iter *it = m->private;
+	struct loop_c *lc = it->lc;
 	const struct loop_extent *e = v;
 
 	if (v == SEQ_START_TOKEN) {
-		seq_printf(m, "# dm-loop extents v1\n# host %u:%u extents %u\n"
-			   "# index dev_sector sectors host_sector\n",
-			   MAJOR(lc->host_dev), MINOR(lc->host_dev), lc->nr_extents);
+		seq_printf(m, "# dm-loop extents v%d\n# host %u:%u extents %u\n"
+			   "# index dev_sector sectors host_sector%s\n",
+			   lc->sparse ? 2 : 1, MAJOR(lc->host_dev), MINOR(lc->host_dev),
+			   it->t ? it->t->nr : 0, lc->sparse ? " state" : "");
 		return 0;
 	}
-	seq_printf(m, "%td %llu %llu %llu\n", e - lc->extents,
+	seq_printf(m, "%td %llu %llu %llu", e - it->t->v,
 		   (unsigned long long)e->dev_sector, (unsigned long long)e->len,
-		   (unsigned long long)e->host_sector);
+		   (unsigned long long)loop_ext_host(e));
+	if (lc->sparse)
+		seq_printf(m, " %s", loop_extent_state(e));
+	seq_putc(m, '\n');
 	return 0;
 }
 
@@ -58,11 +91,13 @@ static const struct seq_operations loop_extents_sops = {
 
 static int loop_extents_open(struct inode *inode, struct file *file)
 {
-	int r = seq_open(file, &loop_extents_sops);
+	struct loop_extents_iter *it;
 
-	if (!r)
-		((struct seq_file *)file->private_data)->private = inode->i_private;
-	return r;
+	it = __seq_open_private(file, &loop_extents_sops, sizeof(*it));
+	if (!it)
+		return -ENOMEM;
+	it->lc = inode->i_private;
+	return 0;
 }
 
 static const struct file_operations loop_extents_fops = {
@@ -70,7 +105,7 @@ static const struct file_operations loop_extents_fops = {
 	.open		= loop_extents_open,
 	.read		= seq_read,
 	.llseek		= seq_lseek,
-	.release	= seq_release,
+	.release	= seq_release_private,
 };
 
 static int loop_info_show(struct seq_file *m, void *v)

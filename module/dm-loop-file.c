@@ -678,6 +678,12 @@ void loop_file_teardown(struct loop_c *lc)
 	loop_inode_unuse(lc);
 }
 
+/* The workqueue of @lc's depth, for file mode's workers and sparse writes. */
+void loop_queue_work(struct loop_c *lc, struct work_struct *work)
+{
+	queue_work(loop_wq_of(lc), work);
+}
+
 void loop_file_exit(void)
 {
 	unsigned int i;

@@ -130,6 +130,19 @@ const char *loop_mode_name(struct loop_c *lc)
 /* The reason token: "-", "no_bdev", ..., "unmapped:<file block>". */
 int loop_reason_format(struct loop_c *lc, char *buf, size_t size)
 {
+	struct loop_table *t;
+	int n = 0;
+
+	/* Block mode over a sparse file: how many ranges are not yet written. */
+	if (lc->mode == LOOP_MODE_BLOCK && lc->sparse) {
+		rcu_read_lock();
+		t = rcu_dereference(lc->table);
+		if (t && (t->holes || t->unwritten))
+			n = scnprintf(buf, size, "holes:%u/unwritten:%u", t->holes, t->unwritten);
+		rcu_read_unlock();
+		if (n)
+			return n;
+	}
 	if (lc->reason == LOOP_REASON_UNMAPPED ||
 	    (lc->reason >= LOOP_REASON_HOLE && lc->reason <= LOOP_REASON_BMAP_MISMATCH))
 		return scnprintf(buf, size, "%s:%llu", loop_reason_names[lc->reason],
@@ -137,9 +150,19 @@ int loop_reason_format(struct loop_c *lc, char *buf, size_t size)
 	return scnprintf(buf, size, "%s", loop_reason_names[lc->reason]);
 }
 
+/* The extents' bytes: the table's header is the device's, as loop_c is. */
 size_t loop_table_bytes(struct loop_c *lc)
 {
-	return (size_t)lc->nr_extents * sizeof(struct loop_extent);
+	return (size_t)loop_nr_extents(lc) * sizeof(struct loop_extent);
+}
+
+/* A sparse table replaced by @new: the module-wide figures follow. */
+void loop_table_account(struct loop_table *old, struct loop_table *new)
+{
+	long d = (long)new->nr - (long)old->nr;
+
+	atomic_long_add(d, &loop_total_extents);
+	atomic_long_add(d * (long)sizeof(struct loop_extent), &loop_total_table_bytes);
 }
 
 void loop_stats_sum(struct loop_c *lc, struct loop_stats *sum)
@@ -186,7 +209,7 @@ size_t loop_format_info(struct loop_c *lc, char *buf, size_t size)
 		       DM_LOOP_VERSION, loop_mode_name(lc), reason, lc->path,
 		       (unsigned long long)inode->i_ino, MAJOR(lc->host_dev), MINOR(lc->host_dev),
 		       lc->offset, lc->block_size,
-		       (unsigned long long)lc->ti->len, lc->nr_extents,
+		       (unsigned long long)lc->ti->len, loop_nr_extents(lc),
 		       loop_table_bytes(lc), lc->setup_ns);
 	n += scnprintf(buf + n, size - n,
 		       "reads: %llu\nwrites: %llu\nflushes: %llu\nsplits: %llu\n"
@@ -366,7 +389,7 @@ static void loop_account(struct loop_c *lc, int sign)
 {
 	if (lc->mode == LOOP_MODE_BLOCK) {
 		atomic_add(sign, &loop_block_devices);
-		atomic_long_add(sign * (long)lc->nr_extents, &loop_total_extents);
+		atomic_long_add(sign * (long)loop_nr_extents(lc), &loop_total_extents);
 		atomic_long_add(sign * (long)loop_table_bytes(lc), &loop_total_table_bytes);
 	} else {
 		atomic_add(sign, &loop_file_devices);
@@ -569,7 +592,7 @@ static void loop_status(struct dm_target *ti, status_type_t type,
 		loop_stats_sum(lc, &st);
 		loop_reason_format(lc, reason, sizeof(reason));
 		DMEMIT("%s %u %llu %llu %llu %llu %s", loop_mode_name(lc),
-		       lc->nr_extents, st.reads, st.writes, st.flushes,
+		       loop_nr_extents(lc), st.reads, st.writes, st.flushes,
 		       st.splits, reason);
 		break;
 
@@ -599,7 +622,7 @@ static void loop_status(struct dm_target *ti, status_type_t type,
 		DMEMIT(",file_name=");
 		loop_emit_escaped(result, maxlen, &sz, lc->path, "\\,;=");
 		DMEMIT(",offset=%lld,mode=%s,reason=%s,extents=%u;",
-		       lc->offset, loop_mode_name(lc), reason, lc->nr_extents);
+		       lc->offset, loop_mode_name(lc), reason, loop_nr_extents(lc));
 		break;
 	}
 }
@@ -651,6 +674,20 @@ static void loop_resume(struct dm_target *ti)
 
 	if (lc->mode == LOOP_MODE_FILE)
 		dmloop_file_queue_flags(dm_disk(lc->md)->queue, loop_file_rotational(lc));
+}
+
+/*
+ * A sparse table may have been walked beside a live table that still
+ * wrote into holes: it takes the file's layout as it is now, with the live
+ * one suspended.  A failure keeps the device suspended.
+ */
+static int loop_preresume(struct dm_target *ti)
+{
+	struct loop_c *lc = ti->private;
+
+	if (lc->mode == LOOP_MODE_BLOCK && lc->sparse)
+		return loop_sparse_refresh(lc);
+	return 0;
 }
 
 static void loop_io_hints(struct dm_target *ti, struct queue_limits *limits)
@@ -705,6 +742,7 @@ static struct target_type loop_target = {
 	.map		 = loop_map,
 	.status		 = loop_status,
 	.message	 = loop_message,
+	.preresume	 = loop_preresume,
 	.resume		 = loop_resume,
 	.iterate_devices = loop_iterate_devices,
 	.io_hints	 = loop_io_hints,
@@ -717,11 +755,17 @@ static int __init dm_loop_init(void)
 	r = loop_file_init();
 	if (r)
 		return r;
+	r = loop_sparse_init();
+	if (r) {
+		loop_file_exit();
+		return r;
+	}
 	loop_debugfs_init();
 	r = dm_register_target(&loop_target);
 	if (r < 0) {
 		DMERR("register failed %d", r);
 		loop_debugfs_exit();
+		loop_sparse_exit();
 		loop_file_exit();
 	}
 	return r;
@@ -731,7 +775,10 @@ static void __exit dm_loop_exit(void)
 {
 	dm_unregister_target(&loop_target);
 	loop_debugfs_exit();
+	loop_sparse_exit();
 	loop_file_exit();
+	/* Tables replaced while the devices ran are freed after a grace period. */
+	rcu_barrier();
 }
 
 module_init(dm_loop_init);

@@ -14,7 +14,9 @@
 #include <linux/bits.h>
 #include <linux/device-mapper.h>
 #include <linux/fs.h>
+#include <linux/mutex.h>
 #include <linux/percpu.h>
+#include <linux/rcupdate.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
 
@@ -79,11 +81,43 @@ enum loop_walk {
 #define LOOP_DEFAULT_WORKERS	4
 #define LOOP_MAX_WORKERS	64
 
-/* One run of contiguous sectors: device sectors are target-relative. */
+/*
+ * One run of contiguous sectors: device sectors are target-relative.  The
+ * top bits of host_sector say what the filesystem has there (a sparse
+ * table, see dm-loop-sparse.c): unwritten blocks at the host sector below
+ * them, or a hole (no host sector).  No host device has 2^61 sectors.
+ */
 struct loop_extent {
 	sector_t dev_sector;
 	sector_t host_sector;
 	sector_t len;
+};
+
+#define LOOP_EXT_UNWRITTEN	BIT_ULL(62)
+#define LOOP_EXT_HOLE		BIT_ULL(63)
+#define LOOP_EXT_STATE		(LOOP_EXT_UNWRITTEN | LOOP_EXT_HOLE)
+
+static inline bool loop_ext_written(const struct loop_extent *e)
+{
+	return !(e->host_sector & LOOP_EXT_STATE);
+}
+
+static inline sector_t loop_ext_host(const struct loop_extent *e)
+{
+	return e->host_sector & ~LOOP_EXT_STATE;
+}
+
+/*
+ * A block-mode table: replaced whole under RCU when a sparse table's
+ * ranges are allocated or written (lc->alloc_lock), read by map() under
+ * rcu_read_lock() only.  @holes and @unwritten count such extents.
+ */
+struct loop_table {
+	struct rcu_head rcu;
+	unsigned int nr;
+	unsigned int holes;
+	unsigned int unwritten;
+	struct loop_extent v[];
 };
 
 struct loop_stats {
@@ -116,15 +150,19 @@ struct loop_c {
 	/* block mode */
 	struct block_device *host_bdev;
 	struct dm_dev host_dm_dev;	/* for iterate_devices, never dm_get_device */
-	struct loop_extent *extents;
-	unsigned int nr_extents;
+	struct loop_table __rcu *table;
 	bool pinned;
+	/* sparse: holes and unwritten ranges allowed (XFS, dm-loop-sparse.c) */
+	bool sparse;
+	struct mutex alloc_lock;	/* the one writer of a sparse table */
+	struct work_struct sparse_work;	/* writes into holes and unwritten */
 
 	/* file mode */
 	bool file_user;
 	bool use_dio;
 	unsigned int dio_align;
 	spinlock_t lock;		/* inflight, pending and the workers' busy */
+	/* (a sparse block-mode table uses pending and inflight too) */
 	unsigned int inflight;		/* bios not yet fully ended */
 	wait_queue_head_t drain;	/* the destructor waits for inflight 0 */
 	struct bio_list pending;	/* for the workers, oldest first */
@@ -183,13 +221,28 @@ size_t loop_table_bytes(struct loop_c *lc);
 int loop_block_setup(struct loop_c *lc);
 void loop_block_teardown(struct loop_c *lc);
 int loop_block_map(struct dm_target *ti, struct bio *bio);
-const struct loop_extent *loop_find_extent(struct loop_c *lc, sector_t sector);
+const struct loop_extent *loop_find_extent(const struct loop_table *t, sector_t sector);
+unsigned int loop_nr_extents(struct loop_c *lc);
+void loop_table_account(struct loop_table *old, struct loop_table *new);
+
+/* dm-loop-sparse.c: holes and unwritten ranges of an XFS file, in block mode. */
+bool loop_sparse_possible(struct loop_c *lc);
+int loop_sparse_probe(struct loop_c *lc);
+int loop_sparse_map(struct loop_c *lc, struct bio *bio);
+void loop_sparse_work(struct work_struct *work);
+void loop_sparse_teardown(struct loop_c *lc);
+int loop_sparse_refresh(struct loop_c *lc);
+int loop_sparse_init(void);
+void loop_sparse_exit(void);
+struct loop_table *loop_table_alloc(unsigned int nr);
+void loop_table_count(struct loop_table *t);
 
 /* dm-loop-file.c */
 int loop_file_setup(struct loop_c *lc);
 void loop_file_teardown(struct loop_c *lc);
 int loop_file_map(struct dm_target *ti, struct bio *bio);
 void loop_file_work(struct work_struct *work);
+void loop_queue_work(struct loop_c *lc, struct work_struct *work);
 int loop_file_init(void);
 void loop_file_exit(void);
 

@@ -1,0 +1,469 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * dm-loop block mode over a sparse or preallocated XFS file.
+ *
+ * The extent table records what the filesystem has at each range: written
+ * blocks, unwritten (allocated, reading as zeros) blocks, or a hole.  map()
+ * remaps a bio to written blocks as for any block-mode table, zero-fills a
+ * read of a hole or of unwritten blocks, and hands a write to either to the
+ * device's worker.  The worker uses the filesystem's pNFS block layout
+ * contract (fs/xfs/xfs_pnfs.c, as nfsd's block layout server does):
+ * map_blocks() with write allocates a hole's blocks unwritten, the data
+ * goes straight to the host device, and commit_blocks() converts the
+ * written blocks, with a synchronous transaction.  Each change replaces the
+ * table under RCU, so map() never takes a lock.
+ *
+ * Order, for every write into a hole or unwritten blocks (dm-loop.rst,
+ * "Sparse files"):
+ *   1. the blocks are allocated unwritten, durably (map_blocks() commits
+ *      the allocation synchronously);
+ *   2. the data, and zeros over the rest of any file block it covers only
+ *      in part, are written to the host device and flushed;
+ *   3. commit_blocks() converts exactly those blocks, synchronously;
+ *   4. the table says "written", then the bio completes.
+ * A crash before 3 leaves the blocks unwritten: they read as zeros, never
+ * as what the disk held before.  A crash after 3 finds the data on disk.
+ * A read after the write completed finds the table updated (4).
+ */
+#include <linux/blkdev.h>
+#include <linux/iomap.h>
+#include <linux/sched/mm.h>
+#include <linux/slab.h>
+
+#include "dm-loop.h"
+#include "compat.h"
+
+/*
+ * A hole is allocated in aligned chunks of this many sectors (4 MiB): one
+ * synchronous allocation transaction is then shared by 4 writes of 1 MiB
+ * or 1024 of 4 KiB, and what a chunk allocates beyond the write stays
+ * unwritten (zeros, costing only the space an image would take when full).
+ */
+#define LOOP_SPARSE_CHUNK	((sector_t)8192)
+
+/* The worker's clones of a bio's data, sent to the host device. */
+static struct bio_set loop_sparse_bs;
+
+struct loop_table *loop_table_alloc(unsigned int nr)
+{
+	struct loop_table *t;
+
+	t = kvzalloc(struct_size(t, v, nr), GFP_NOIO);
+	if (t)
+		t->nr = nr;
+	return t;
+}
+
+void loop_table_count(struct loop_table *t)
+{
+	unsigned int i;
+
+	t->holes = 0;
+	t->unwritten = 0;
+	for (i = 0; i < t->nr; i++) {
+		t->holes += !!(t->v[i].host_sector & LOOP_EXT_HOLE);
+		t->unwritten += !!(t->v[i].host_sector & LOOP_EXT_UNWRITTEN);
+	}
+}
+
+/* XFS's pNFS contract, on a filesystem and a file that can use it. */
+bool loop_sparse_possible(struct loop_c *lc)
+{
+	struct super_block *sb = file_inode(lc->file)->i_sb;
+
+	return !strcmp(sb->s_type->name, "xfs") && dmloop_has_block_ops(sb);
+}
+
+/*
+ * Whether map_blocks() serves this file: it refuses a reflinked or a
+ * realtime inode (-ENXIO), which keep file mode.  0 or an errno.
+ */
+int loop_sparse_probe(struct loop_c *lc)
+{
+	struct inode *inode = file_inode(lc->file);
+	struct iomap iomap = {};
+
+	return dmloop_map_blocks(inode, lc->offset, i_blocksize(inode), &iomap, false);
+}
+
+static void loop_table_free_rcu(struct rcu_head *rcu)
+{
+	kvfree(container_of(rcu, struct loop_table, rcu));
+}
+
+/*
+ * Give the device sectors [@start, @start + @len) the state and host
+ * sectors of @host (LOOP_EXT_* bits included; a hole's host is
+ * LOOP_EXT_HOLE alone), and publish the new table.  Under lc->alloc_lock.
+ */
+static int loop_table_set(struct loop_c *lc, sector_t start, sector_t len,
+			  sector_t host)
+{
+	struct loop_table *old = rcu_dereference_protected(lc->table,
+					lockdep_is_held(&lc->alloc_lock));
+	sector_t end = start + len;
+	struct loop_table *t;
+	struct loop_extent *o;
+	unsigned int i;
+
+	t = loop_table_alloc(old->nr + 2);
+	if (!t)
+		return -ENOMEM;
+	t->nr = 0;
+	for (i = 0; i < old->nr; i++) {
+		const struct loop_extent *e = &old->v[i];
+		sector_t e_end = e->dev_sector + e->len;
+		struct loop_extent piece[3];
+		unsigned int n = 0, k;
+
+		if (e_end <= start || e->dev_sector >= end) {
+			piece[n++] = *e;
+		} else {
+			if (e->dev_sector < start)
+				piece[n++] = (struct loop_extent){
+					e->dev_sector, e->host_sector, start - e->dev_sector };
+			if (e->dev_sector <= start)
+				piece[n++] = (struct loop_extent){ start, host, len };
+			if (e_end > end) {
+				sector_t skip = end - e->dev_sector;
+
+				piece[n++] = (struct loop_extent){ end,
+					e->host_sector & LOOP_EXT_HOLE ? e->host_sector :
+					e->host_sector + skip, e_end - end };
+			}
+		}
+		for (k = 0; k < n; k++) {
+			o = t->nr ? &t->v[t->nr - 1] : NULL;
+			/* Merge what the filesystem would call one extent. */
+			if (o && (o->host_sector & LOOP_EXT_STATE) ==
+				 (piece[k].host_sector & LOOP_EXT_STATE) &&
+			    (o->host_sector & LOOP_EXT_HOLE ||
+			     o->host_sector + o->len == piece[k].host_sector)) {
+				o->len += piece[k].len;
+				continue;
+			}
+			t->v[t->nr++] = piece[k];
+		}
+	}
+	loop_table_count(t);
+	loop_table_account(old, t);
+	rcu_assign_pointer(lc->table, t);
+	call_rcu(&old->rcu, loop_table_free_rcu);
+	return 0;
+}
+
+/*
+ * map() for a bio within one extent that is a hole or unwritten (the
+ * worker looks the range up again).  A read
+ * is zeros, with no I/O; a discard or write-zeroes has nothing to do; a
+ * write goes to the worker.
+ */
+int loop_sparse_map(struct loop_c *lc, struct bio *bio)
+{
+	switch (bio_op(bio)) {
+	case REQ_OP_READ:
+		loop_stat_inc(lc, reads);
+		zero_fill_bio(bio);
+		bio_endio(bio);
+		return DM_MAPIO_SUBMITTED;
+	case REQ_OP_DISCARD:
+	case REQ_OP_WRITE_ZEROES:
+		loop_stat_inc(lc, discards);
+		bio_endio(bio);
+		return DM_MAPIO_SUBMITTED;
+	case REQ_OP_WRITE:
+		break;
+	default:
+		return DM_MAPIO_KILL;
+	}
+	loop_stat_inc(lc, writes);
+	spin_lock_irq(&lc->lock);
+	bio_list_add(&lc->pending, bio);
+	spin_unlock_irq(&lc->lock);
+	loop_queue_work(lc, &lc->sparse_work);
+	return DM_MAPIO_SUBMITTED;
+}
+
+/*
+ * Allocate the chunk around device sectors [@pos, @pos + @len) of hole @e
+ * (unwritten), and record it.  The caller looks the range up again.
+ */
+static int loop_sparse_alloc(struct loop_c *lc, const struct loop_extent *e,
+			     sector_t pos, sector_t len)
+{
+	struct inode *inode = file_inode(lc->file);
+	sector_t cstart = max(e->dev_sector, round_down(pos, LOOP_SPARSE_CHUNK));
+	sector_t cend = min(e->dev_sector + e->len, round_up(pos + len, LOOP_SPARSE_CHUNK));
+	loff_t off = lc->offset + ((loff_t)cstart << SECTOR_SHIFT);
+	loff_t want = lc->offset + ((loff_t)pos << SECTOR_SHIFT);
+	loff_t from, to;
+	struct iomap iomap = {};
+	sector_t host;
+	int r;
+
+	r = dmloop_map_blocks(inode, off, (u64)(cend - cstart) << SECTOR_SHIFT, &iomap, true);
+	if (r)
+		return r;
+	/*
+	 * What we asked for, from its start: unwritten blocks on our disk
+	 * that hold @pos.  Anything else (written blocks in what the table
+	 * knows as a hole, or another device) means the table and the
+	 * filesystem disagree: no write goes anywhere then.
+	 */
+	from = max_t(loff_t, iomap.offset, off);
+	to = min_t(loff_t, iomap.offset + iomap.length,
+		   lc->offset + ((loff_t)cend << SECTOR_SHIFT));
+	if (iomap.type != IOMAP_UNWRITTEN || iomap.addr == IOMAP_NULL_ADDR ||
+	    iomap.bdev != lc->host_bdev || from > want || to <= want ||
+	    ((iomap.addr | iomap.offset | iomap.length) & (SECTOR_SIZE - 1)) ||
+	    iomap.addr + (to - iomap.offset) > bdev_nr_bytes(lc->host_bdev)) {
+		DMERR_LIMIT("%s: map_blocks gave type %u at byte %lld+%llu for byte %lld",
+			    lc->path, iomap.type, iomap.offset, iomap.length, want);
+		return -EIO;
+	}
+	host = (iomap.addr + (from - iomap.offset)) >> SECTOR_SHIFT;
+	return loop_table_set(lc, (from - lc->offset) >> SECTOR_SHIFT,
+			      (to - from) >> SECTOR_SHIFT, host | LOOP_EXT_UNWRITTEN);
+}
+
+/*
+ * Write @len sectors of @bio's data, from @skip sectors into it, to host
+ * sector @host, and wait.  @opf: REQ_FUA and the like, or 0.
+ */
+static int loop_sparse_write_data(struct loop_c *lc, struct bio *bio, sector_t skip,
+				  sector_t len, sector_t host, blk_opf_t opf)
+{
+	struct bio *clone;
+	int r;
+
+	clone = bio_alloc_clone(lc->host_bdev, bio, GFP_NOIO, &loop_sparse_bs);
+	if (!clone)
+		return -ENOMEM;
+	bio_trim(clone, skip, len);
+	clone->bi_opf = REQ_OP_WRITE | REQ_SYNC | opf;
+	clone->bi_iter.bi_sector = host;
+	r = submit_bio_wait(clone);
+	bio_put(clone);
+	return r;
+}
+
+/*
+ * Write device sectors [@pos, @pos + @len) of @bio (@skip sectors into it)
+ * over unwritten extent @e, in the order the file's comment gives.
+ */
+static int loop_sparse_write_unwritten(struct loop_c *lc, struct bio *bio,
+				       const struct loop_extent *e, sector_t skip,
+				       sector_t pos, sector_t len)
+{
+	sector_t spb = lc->block_size >> SECTOR_SHIFT;
+	sector_t bstart = round_down(pos, spb), bend = round_up(pos + len, spb);
+	sector_t host = loop_ext_host(e) + (bstart - e->dev_sector);
+	struct iomap iomap = {
+		.offset = lc->offset + ((loff_t)bstart << SECTOR_SHIFT),
+		.length = (u64)(bend - bstart) << SECTOR_SHIFT,
+	};
+	sector_t dev_end;
+	int r = 0;
+
+	/* The rest of a block written in part must read as the zeros it held. */
+	if (pos > bstart)
+		r = blkdev_issue_zeroout(lc->host_bdev, host, pos - bstart, GFP_NOIO,
+					 BLKDEV_ZERO_NOUNMAP);
+	if (!r && bend > pos + len)
+		r = blkdev_issue_zeroout(lc->host_bdev, host + (pos + len - bstart),
+					 bend - (pos + len), GFP_NOIO, BLKDEV_ZERO_NOUNMAP);
+	if (!r)
+		r = loop_sparse_write_data(lc, bio, skip, len, host + (pos - bstart), 0);
+	if (!r)
+		r = blkdev_issue_flush(lc->host_bdev);
+	if (!r)
+		r = dmloop_commit_blocks(file_inode(lc->file), &iomap, 1);
+	if (r)
+		return r;
+	/* The last block may reach past the device's end. */
+	dev_end = min_t(sector_t, bend, lc->ti->len);
+	return loop_table_set(lc, bstart, dev_end - bstart, host);
+}
+
+/* One bio into holes or unwritten ranges (the table may have moved on). */
+static int loop_sparse_write(struct loop_c *lc, struct bio *bio)
+{
+	sector_t start = dm_target_offset(lc->ti, bio->bi_iter.bi_sector);
+	sector_t end = start + bio_sectors(bio), pos = start;
+	blk_opf_t fua = bio->bi_opf & REQ_FUA;
+	int r;
+
+	while (pos < end) {
+		const struct loop_table *t = rcu_dereference_protected(lc->table,
+					lockdep_is_held(&lc->alloc_lock));
+		const struct loop_extent *e = loop_find_extent(t, pos);
+		sector_t len = min(end, e->dev_sector + e->len) - pos;
+
+		if (e->host_sector & LOOP_EXT_HOLE) {
+			r = loop_sparse_alloc(lc, e, pos, len);
+			if (r)
+				return r;
+			continue;
+		}
+		if (loop_ext_written(e))
+			r = loop_sparse_write_data(lc, bio, pos - start, len,
+						   e->host_sector + (pos - e->dev_sector), fua);
+		else
+			r = loop_sparse_write_unwritten(lc, bio, e, pos - start, pos, len);
+		if (r)
+			return r;
+		pos += len;
+	}
+	return 0;
+}
+
+/*
+ * The device's worker for writes into holes and unwritten ranges: one at
+ * a time (they allocate and convert under lc->alloc_lock anyway), in the
+ * order map() queued them.  NOIO: the filesystem's allocations must not
+ * recurse into writeback that may be waiting for this very device.
+ */
+void loop_sparse_work(struct work_struct *work)
+{
+	struct loop_c *lc = container_of(work, struct loop_c, sparse_work);
+	unsigned int noio = memalloc_noio_save();
+	struct bio *bio;
+	int r;
+
+	for (;;) {
+		spin_lock_irq(&lc->lock);
+		bio = bio_list_pop(&lc->pending);
+		spin_unlock_irq(&lc->lock);
+		if (!bio)
+			break;
+		mutex_lock(&lc->alloc_lock);
+		r = loop_sparse_write(lc, bio);
+		mutex_unlock(&lc->alloc_lock);
+		if (r) {
+			DMERR_LIMIT("%s: write into a hole at sector %llu failed: %d",
+				    lc->path, (unsigned long long)bio->bi_iter.bi_sector, r);
+			loop_stat_inc(lc, errors);
+			bio->bi_status = errno_to_blk_status(r);
+		}
+		bio_endio(bio);
+		cond_resched();
+	}
+	memalloc_noio_restore(noio);
+}
+
+/*
+ * The file's layout from map_blocks(), which needs no user memory: what
+ * the table says just before the device starts (or starts again) serving
+ * I/O.  A table loaded beside a live one (a reload) was walked while the
+ * live one could still allocate and write; once that one is suspended, no
+ * one else changes the file, and this is the layout from then on.  0, or
+ * an error (ti->error set).
+ */
+int loop_sparse_refresh(struct loop_c *lc)
+{
+	struct inode *inode = file_inode(lc->file);
+	u64 host_bytes = bdev_nr_bytes(lc->host_bdev);
+	loff_t pos = lc->offset;
+	loff_t end = round_up(lc->offset + ((loff_t)lc->ti->len << SECTOR_SHIFT),
+			      (loff_t)i_blocksize(inode));
+	struct loop_table *t, *old;
+	unsigned int nr = 0, size = 64;
+	struct loop_extent *v, *e;
+	int r = 0;
+
+	v = kvmalloc_array(size, sizeof(*v), GFP_KERNEL);
+	if (!v)
+		goto nomem;
+	while (pos < end) {
+		struct iomap iomap = {};
+		sector_t host;
+		loff_t n;
+
+		r = dmloop_map_blocks(inode, pos, end - pos, &iomap, false);
+		if (r)
+			break;
+		n = min_t(loff_t, iomap.offset + (loff_t)iomap.length, end) - pos;
+		if (iomap.offset > pos || n <= 0 || ((iomap.offset | iomap.length) & 511)) {
+			r = -EIO;
+			break;
+		}
+		if (iomap.type == IOMAP_HOLE) {
+			host = LOOP_EXT_HOLE;
+		} else if ((iomap.type == IOMAP_MAPPED || iomap.type == IOMAP_UNWRITTEN) &&
+			   iomap.addr != IOMAP_NULL_ADDR && iomap.bdev == lc->host_bdev &&
+			   !(iomap.addr & 511) &&
+			   iomap.addr + (pos + n - iomap.offset) <= host_bytes) {
+			host = (iomap.addr + (pos - iomap.offset)) >> SECTOR_SHIFT;
+			if (iomap.type == IOMAP_UNWRITTEN)
+				host |= LOOP_EXT_UNWRITTEN;
+		} else {
+			r = -EIO;
+			break;
+		}
+		e = nr ? &v[nr - 1] : NULL;
+		if (e && (e->host_sector & LOOP_EXT_HOLE ? e->host_sector == host :
+			  e->host_sector + e->len == host)) {
+			e->len += n >> SECTOR_SHIFT;
+		} else {
+			if (nr == size) {
+				struct loop_extent *w;
+
+				w = kvmalloc_array(size * 2, sizeof(*w), GFP_KERNEL);
+				if (!w) {
+					kvfree(v);
+					goto nomem;
+				}
+				memcpy(w, v, nr * sizeof(*w));
+				kvfree(v);
+				v = w;
+				size *= 2;
+			}
+			v[nr++] = (struct loop_extent){
+				(pos - lc->offset) >> SECTOR_SHIFT, host, n >> SECTOR_SHIFT };
+		}
+		pos += n;
+		cond_resched();
+	}
+	if (r) {
+		DMERR("%s: map_blocks failed at byte %lld: %d", lc->path, pos, r);
+		lc->ti->error = "Cannot map the file's blocks";
+		kvfree(v);
+		return r;
+	}
+	v[nr - 1].len = lc->ti->len - v[nr - 1].dev_sector;
+	t = loop_table_alloc(nr);
+	if (!t) {
+		kvfree(v);
+		goto nomem;
+	}
+	memcpy(t->v, v, nr * sizeof(*v));
+	kvfree(v);
+	loop_table_count(t);
+
+	mutex_lock(&lc->alloc_lock);
+	old = rcu_dereference_protected(lc->table, lockdep_is_held(&lc->alloc_lock));
+	loop_table_account(old, t);
+	rcu_assign_pointer(lc->table, t);
+	mutex_unlock(&lc->alloc_lock);
+	call_rcu(&old->rcu, loop_table_free_rcu);
+	return 0;
+nomem:
+	lc->ti->error = "Cannot allocate extent table";
+	return -ENOMEM;
+}
+
+int loop_sparse_init(void)
+{
+	return bioset_init(&loop_sparse_bs, BIO_POOL_SIZE, 0, 0);
+}
+
+void loop_sparse_exit(void)
+{
+	bioset_exit(&loop_sparse_bs);
+}
+
+/* The destructor runs with no bio left in dm; the worker may still run. */
+void loop_sparse_teardown(struct loop_c *lc)
+{
+	flush_work(&lc->sparse_work);
+}

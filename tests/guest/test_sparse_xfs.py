@@ -1,0 +1,211 @@
+"""Block mode over sparse and preallocated XFS files (issue 22).
+
+On XFS a file with holes or unwritten extents gets block mode: its table
+records each range as written, unwritten or a hole (debugfs `extents` v2);
+reads of a hole or unwritten range are zeros with no I/O; a write there is
+allocated through XFS's pNFS block contract (map_blocks, commit_blocks) by
+the device's worker and lands on the disk.  Proved here: data both ways on
+sparse, partly and fully preallocated files, in whole blocks and in pieces
+of a block; never a byte of what the disk held before (a secret under a
+preallocated file); the file reads back through the VFS what the device
+wrote; `xfs_repair -n` is clean afterwards; fio --verify=crc32c over a
+sparse file.  ext4 keeps file mode for the same files (test_file_mode.py).
+"""
+
+import os
+import re
+
+import pytest
+
+import dmloop
+import filemode_util as fm
+from safety_util import (FIEMAP_EXTENT_UNWRITTEN, MiB, debugfs_info, fiemap, mount_source,
+                         read_host_blocks, status_fields, table, write_probe)
+from test_block_safety import SECRET, fill_free_space, small_fs
+
+KiB = 1 << 10
+DEV = "/dev/mapper/sx"
+REASON_RE = re.compile(r"^holes:(\d+)/unwritten:(\d+)$")
+
+
+def make_file(path, size, kind):
+    """A `size` file of one of three layouts, with its first MiB written
+    (random_bytes(MiB, 1)); returns the bytes the file holds."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        if kind == "sparse":
+            os.ftruncate(fd, size)
+        elif kind == "prealloc":
+            os.posix_fallocate(fd, 0, size)
+        elif kind == "partial":         # holes and unwritten ranges both
+            os.ftruncate(fd, size)
+            os.posix_fallocate(fd, size // 4, size // 4)
+            os.posix_fallocate(fd, 3 * size // 4, size // 8)
+    finally:
+        os.close(fd)
+    dmloop.write_random(path, MiB, seed=1, fsync=True)
+    return bytearray(dmloop.random_bytes(MiB, 1) + bytes(size - MiB))
+
+
+def extents_v2(name):
+    """The device's debugfs extent table: [(dev_sector, sectors, host, state)]."""
+    minor = os.minor(os.stat("/dev/mapper/" + name).st_rdev)
+    inst = sorted(p for p in fm_debugfs().glob("dm-%d-*" % minor))[0]
+    lines = (inst / "extents").read_text().splitlines()
+    assert lines[0] == "# dm-loop extents v2", lines[:3]
+    rows = [l.split() for l in lines if not l.startswith("#")]
+    return [(int(r[1]), int(r[2]), int(r[3]), r[4]) for r in rows]
+
+
+def fm_debugfs():
+    from safety_util import DEBUGFS
+    return DEBUGFS
+
+
+def xfs_repair_clean(mp):
+    dev = mount_source(mp)
+    dmloop.umount(mp)
+    try:
+        p = dmloop.run(["xfs_repair", "-n", dev], check=False)
+        assert p.returncode == 0, p.stdout + p.stderr
+    finally:
+        dmloop.run(["mount", dev, str(mp)])
+
+
+# (offset, length): whole blocks, a 1 MiB run across a chunk boundary,
+# pieces of a block (512 B at its start, middle and end), a write spanning
+# written, unwritten and hole ranges at once
+WRITES = [(2 * MiB, 4 * KiB), (4 * MiB - 512 * KiB, MiB), (6 * MiB + 512, 512),
+          (6 * MiB + 8 * KiB + 1536, 1024), (6 * MiB + 20 * KiB - 512, 512),
+          (MiB - 4 * KiB, 64 * KiB), (3 * MiB - 8 * KiB, 16 * KiB)]
+
+
+@pytest.mark.parametrize("kind", ["sparse", "partial", "prealloc"])
+def test_data_both_ways(scratch_fs, kind):
+    """Block mode with holes/unwritten ranges counted in the reason; the
+    never-written ranges read as zeros; writes of whole blocks and of
+    pieces of a block read back through the device (direct and buffered),
+    after a reload, and through the file once the device is gone; the
+    table's ranges become written; xfs_repair -n is clean."""
+    mp = scratch_fs("xfs", dev=dmloop.scratch_disk(0))
+    img = mp / "img"
+    size = 8 * MiB
+    want = make_file(img, size, kind)
+    dev = dmloop.create("sx", table(img, size))
+    try:
+        st = status_fields("sx")
+        m = REASON_RE.match(st["reason"])
+        assert st["mode"] == "block" and m, st
+        holes, unwritten = int(m.group(1)), int(m.group(2))
+        assert {"sparse": holes > 0, "prealloc": not holes and unwritten > 0,
+                "partial": holes > 0 and unwritten > 0}[kind], st
+        assert debugfs_info("sx")["mode"] == "block"
+        states = {s for _, _, _, s in extents_v2("sx")}
+        assert "written" in states and states - {"written"}, states
+        assert write_probe(img) is not None, "a block-mode table must pin the file"
+
+        assert dmloop.read_bytes(dev, size, direct=True) == want
+        for i, (off, n) in enumerate(WRITES):
+            data = dmloop.random_bytes(n, 100 + i)
+            dmloop.write_bytes(dev, data, offset=off, direct=True, fsync=True)
+            want[off:off + n] = data
+            # a read right after the write completed sees it
+            assert dmloop.read_bytes(dev, n, offset=off, direct=False) == data
+        dmloop.drop_caches()
+        assert dmloop.read_bytes(dev, size, direct=True) == want
+        assert dmloop.read_bytes(dev, size) == want
+        after = extents_v2("sx")
+        for off, n in WRITES:
+            s0, s1 = off // 512, (off + n) // 512
+            for d, l, _, state in after:
+                if d < s1 and d + l > s0:
+                    assert state == "written", (off, n, after)
+        dmloop.reload("sx", table(img, size))
+        dmloop.resume("sx")
+        assert dmloop.read_bytes(dev, size, direct=True) == want
+    finally:
+        dmloop.remove("sx")
+    dmloop.drop_caches()
+    assert dmloop.read_bytes(img, size) == want
+    assert write_probe(img) is None, "removing the device must unpin the file"
+    xfs_repair_clean(mp)
+
+
+def test_fully_written_file_is_v1_and_unchanged(scratch_fs):
+    """A fully written XFS file's table is today's: reason '-', extents v1."""
+    mp = scratch_fs("xfs", dev=dmloop.scratch_disk(0))
+    img = mp / "img"
+    dmloop.write_random(img, 4 * MiB, seed=3, fsync=True)
+    dmloop.create("sx", table(img, 4 * MiB))
+    try:
+        st = status_fields("sx")
+        assert (st["mode"], st["reason"]) == ("block", "-"), st
+        minor = os.minor(os.stat(DEV).st_rdev)
+        inst = sorted(fm_debugfs().glob("dm-%d-*" % minor))[0]
+        assert (inst / "extents").read_text().startswith("# dm-loop extents v1\n")
+    finally:
+        dmloop.remove("sx")
+
+
+def test_preallocated_file_never_shows_the_secret():
+    """Free space filled with a secret, then a file preallocated over it:
+    block mode; reads of the whole device, and partial-block writes (whose
+    block's rest must become zeros, not the secret), never return one byte
+    of it, through the device or through the file afterwards."""
+    with small_fs("xfs", 3) as mp:
+        fill_free_space(mp, SECRET)
+        img = mp / "img"
+        size = 8 * MiB
+        fd = os.open(img, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+        unwritten = [e for e in fiemap(img) if e.flags & FIEMAP_EXTENT_UNWRITTEN]
+        raw = read_host_blocks(mount_source(mp), unwritten)
+        assert raw.count(SECRET) * len(SECRET) > len(raw) // 2, \
+            "the secret should be on disk under the unwritten extents"
+        want = bytearray(size)
+        dev = dmloop.create("sx", table(img, size))
+        try:
+            st = status_fields("sx")
+            assert st["mode"] == "block" and REASON_RE.match(st["reason"]), st
+            got = dmloop.read_bytes(dev, size, direct=True)
+            assert SECRET not in got and got == want
+            for i, off in enumerate((512, 4096 + 1024, 3 * MiB + 3584, 5 * MiB)):
+                data = b"new data %d " % i * 32
+                dmloop.write_bytes(dev, data[:512], offset=off, direct=True, fsync=True)
+                want[off:off + 512] = data[:512]
+            dmloop.drop_caches()
+            for direct in (True, False):
+                got = dmloop.read_bytes(dev, size, direct=direct)
+                assert SECRET not in got, "secret readable through the device"
+                assert got == want
+        finally:
+            dmloop.remove("sx")
+        dmloop.drop_caches()
+        got = dmloop.read_bytes(img, size)
+        assert SECRET not in got and got == want
+
+
+def test_fio_verify_over_a_sparse_file(scratch_fs):
+    """fio writes and verifies (crc32c) 4 KiB random blocks and 1 MiB runs
+    over a sparse file's device, 8 jobs at queue depth 16."""
+    mp = scratch_fs("xfs", dev=dmloop.scratch_disk(0))
+    img = mp / "img"
+    size = 64 * MiB
+    with open(img, "wb") as f:
+        f.truncate(size)
+    dev = dmloop.create("sx", table(img, size))
+    try:
+        assert status_fields("sx")["reason"] == "holes:1/unwritten:0"
+        for bs, rw in (("1M", "write"), ("4k", "randwrite")):
+            p = fm.fio(dev, "--rw=%s" % rw, "--bs=%s" % bs, "--direct=1", "--ioengine=libaio",
+                       "--iodepth=16", "--numjobs=8", "--size=%d" % (size // 8),
+                       "--offset_increment=%d" % (size // 8), "--verify=crc32c",
+                       "--verify_fatal=1", "--verify_state_save=0", "--group_reporting")
+            assert fm.fio_errors(p.stdout) == 0, p.stdout
+        assert dmloop.status("sx").split()[2] == "loop"
+    finally:
+        dmloop.remove("sx")
+    xfs_repair_clean(mp)
