@@ -38,6 +38,8 @@ struct target_result {
 	uint64_t offset, sectors;
 	unsigned int host_major, host_minor;
 	size_t kernel_extents;
+	unsigned int table_version;	/* 2: ranges have states */
+	size_t kernel_state[3];		/* v2: ranges by enum extent_state */
 	struct source_result src[MAX_FILEFRAG + 1];
 	size_t nsrc;
 	int verdict;
@@ -108,6 +110,9 @@ static int run_sources(struct target_result *r, const struct extent_table *table
 	}
 	free(what);
 	r->kernel_extents = table->n;
+	r->table_version = table->version;
+	for (int st = EXTENT_WRITTEN; st <= EXTENT_HOLE; st++)
+		r->kernel_state[st] = extent_table_count(table, (enum extent_state)st);
 
 	if (fiemap_path) {
 		struct source_result *s = &r->src[r->nsrc];
@@ -206,8 +211,15 @@ static void print_human(FILE *f, const struct target_result *r)
 	fprintf(f, "  file:   %s, bytes %" PRIu64 "..%" PRIu64 " (offset %" PRIu64
 		", %" PRIu64 " sectors)\n", r->path ? r->path : "-",
 		r->offset, r->offset + r->sectors * 512, r->offset, r->sectors);
-	fprintf(f, "  kernel: %zu extent%s on host %u:%u\n", r->kernel_extents,
+	fprintf(f, "  kernel: %zu extent%s on host %u:%u", r->kernel_extents,
 		r->kernel_extents == 1 ? "" : "s", r->host_major, r->host_minor);
+	if (r->table_version >= 2)
+		fprintf(f, " (v2: %zu written, %zu unwritten, %zu hole%s)",
+			r->kernel_state[EXTENT_WRITTEN],
+			r->kernel_state[EXTENT_UNWRITTEN],
+			r->kernel_state[EXTENT_HOLE],
+			r->kernel_state[EXTENT_HOLE] == 1 ? "" : "s");
+	fputc('\n', f);
 	for (size_t i = 0; i < r->nsrc; i++) {
 		const struct source_result *s = &r->src[i];
 		size_t n = s->cmp.n + (s->host_note != NULL);
@@ -242,6 +254,14 @@ static void print_json_target(struct json *j, const struct target_result *r)
 		snprintf(host, sizeof(host), "%u:%u", r->host_major, r->host_minor);
 		json_string(j, "host", host);
 		json_u64(j, "kernel_extents", r->kernel_extents);
+		if (r->table_version >= 2) {
+			json_u64(j, "extents_version", r->table_version);
+			json_object_begin(j, "kernel_states");
+			for (int st = EXTENT_WRITTEN; st <= EXTENT_HOLE; st++)
+				json_u64(j, extent_state_name((enum extent_state)st),
+					 r->kernel_state[st]);
+			json_object_end(j);
+		}
 	}
 	json_array_begin(j, "comparisons");
 	for (size_t i = 0; i < r->nsrc; i++) {
@@ -276,6 +296,12 @@ static void print_json_target(struct json *j, const struct target_result *r)
 				json_null(j, "file_host_byte");
 			json_string(j, "file_flags",
 				    flags_name(d->file_flags, flags, sizeof(flags)));
+			if (d->kernel_states) {
+				json_string(j, "kernel_state",
+					    difference_kernel_state(d));
+				json_string(j, "file_state",
+					    difference_file_state(d));
+			}
 			json_string(j, "what", note);
 			json_object_end(j);
 			free(note);

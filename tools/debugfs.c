@@ -18,6 +18,8 @@
 #include "util.h"
 
 #define EXTENTS_MAGIC "# dm-loop extents v"
+#define EXTENTS_V1_COLUMNS "index dev_sector sectors host_sector"
+#define EXTENTS_V2_COLUMNS EXTENTS_V1_COLUMNS " state"
 
 const char *debugfs_root(void)
 {
@@ -150,6 +152,40 @@ bad:
 	return -1;
 }
 
+static const char *const state_names[] = {
+	[EXTENT_WRITTEN] = "written",
+	[EXTENT_UNWRITTEN] = "unwritten",
+	[EXTENT_HOLE] = "hole",
+};
+
+const char *extent_state_name(enum extent_state s)
+{
+	return (size_t)s < sizeof(state_names) / sizeof(state_names[0]) ?
+	       state_names[s] : "?";
+}
+
+static int parse_state(const char *s, enum extent_state *out)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(state_names) / sizeof(state_names[0]); i++) {
+		if (!strcmp(s, state_names[i])) {
+			*out = (enum extent_state)i;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+size_t extent_table_count(const struct extent_table *t, enum extent_state s)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < t->n; i++)
+		n += t->ext[i].state == s;
+	return n;
+}
+
 /* Split a line into at most max blank-separated words, in place. */
 static size_t split_words(char *s, char **w, size_t max)
 {
@@ -174,7 +210,7 @@ int extent_table_parse(const char *path, struct extent_table *t)
 	struct lines l;
 	uint64_t count = 0, version;
 	bool have_host = false;
-	size_t cap = 0;
+	size_t cap = 0, columns;
 	int rc;
 
 	memset(t, 0, sizeof(*t));
@@ -193,13 +229,17 @@ int extent_table_parse(const char *path, struct extent_table *t)
 		      path, EXTENTS_MAGIC);
 		goto bad;
 	}
-	if (parse_u64(l.buf + strlen(EXTENTS_MAGIC), &version) || version != 1) {
-		error("%s: line 1: unsupported format '%s' (this tool reads v1)",
+	if (parse_u64(l.buf + strlen(EXTENTS_MAGIC), &version) ||
+	    version < 1 || version > 2) {
+		error("%s: line 1: unsupported format '%s' (this tool reads v1 and v2)",
 		      path, l.buf);
 		goto bad;
 	}
+	t->version = (unsigned int)version;
+	columns = version == 1 ? 4 : 5;
 
 	while ((rc = lines_next(&l)) > 0) {
+		enum extent_state state = EXTENT_WRITTEN;
 		char *w[6];
 		uint64_t v[4], end;
 		size_t n, i;
@@ -232,10 +272,19 @@ int extent_table_parse(const char *path, struct extent_table *t)
 			      path, l.lineno);
 			goto bad;
 		}
-		n = split_words(l.buf, w, 4);
-		if (n != 4) {
-			error("%s: line %lu: expected 4 numbers 'index dev_sector sectors host_sector', got %s",
+		n = split_words(l.buf, w, columns);
+		if (n != columns && version == 1) {
+			error("%s: line %lu: expected 4 numbers '" EXTENTS_V1_COLUMNS "', got %s",
 			      path, l.lineno, n > 4 ? "more" : "fewer");
+			goto bad;
+		}
+		if (n != columns) {
+			uint64_t last;
+			bool v1_line = n == 4 && !parse_u64(w[3], &last);
+
+			error("%s: line %lu: expected 4 numbers and a state '" EXTENTS_V2_COLUMNS
+			      "', got %s%s", path, l.lineno, n > 5 ? "more" : "fewer",
+			      v1_line ? " (no state: a v1 line in a v2 file?)" : "");
 			goto bad;
 		}
 		for (i = 0; i < 4; i++) {
@@ -244,6 +293,24 @@ int extent_table_parse(const char *path, struct extent_table *t)
 				      path, l.lineno, i + 1, w[i]);
 				goto bad;
 			}
+		}
+		if (version == 2 && parse_state(w[4], &state)) {
+			if (!l.ended_with_newline) {
+				/* "hole" cut to "ho": say what happened. */
+				error("%s: line %lu: no newline at the end (truncated?)",
+				      path, l.lineno);
+				goto bad;
+			}
+			error("%s: line %lu: field 5: unknown extent state '%.40s' "
+			      "(expected written, unwritten or hole)",
+			      path, l.lineno, w[4]);
+			goto bad;
+		}
+		if (state == EXTENT_HOLE && v[3] != 0) {
+			error("%s: line %lu: hole with host_sector %" PRIu64
+			      " (a hole has no blocks: its host_sector is 0)",
+			      path, l.lineno, v[3]);
+			goto bad;
 		}
 		if (v[0] != t->n) {
 			error("%s: line %lu: extent index %" PRIu64 ", expected %zu",
@@ -280,6 +347,7 @@ int extent_table_parse(const char *path, struct extent_table *t)
 			.dev_sector = v[1],
 			.sectors = v[2],
 			.host_sector = v[3],
+			.state = state,
 		};
 	}
 	if (rc < 0)
@@ -328,8 +396,11 @@ int extent_table_layout(const struct extent_table *t, uint64_t offset,
 			layout_free(out);
 			return -1;
 		}
-		layout_add(out, file_off, len, host, 0);
+		layout_add(out, file_off, len, host,
+			   e->state == EXTENT_HOLE ? LAYOUT_EXTENT_HOLE :
+			   e->state == EXTENT_UNWRITTEN ? FIEMAP_EXTENT_UNWRITTEN : 0);
 	}
+	out->states = t->version >= 2;
 	return layout_normalise(out, what);
 }
 

@@ -34,23 +34,43 @@ int info_parse(const char *path, struct target_info *info);
 const char *info_get(const struct target_info *info, const char *key);
 void info_free(struct target_info *info);
 
+/*
+ * What the file system has at a range of a v2 table (a sparse file on
+ * XFS, module/dm-loop.rst "Sparse files on XFS"). A v1 table is written
+ * throughout.
+ */
+enum extent_state {
+	EXTENT_WRITTEN,
+	EXTENT_UNWRITTEN,	/* allocated at host_sector, reads as zeros */
+	EXTENT_HOLE,		/* no blocks: host_sector is 0 */
+};
+
 struct table_extent {
 	uint64_t dev_sector;	/* from the target's start */
 	uint64_t sectors;
 	uint64_t host_sector;
+	enum extent_state state;
 };
 
 /* The `extents` file. */
 struct extent_table {
+	unsigned int version;	/* 1, or 2: a state column */
 	unsigned int host_major, host_minor;
 	struct table_extent *ext;
 	size_t n;
 };
 
+/* "written", "unwritten", "hole": the words of the state column. */
+const char *extent_state_name(enum extent_state s);
+/* How many ranges of t are in state s. */
+size_t extent_table_count(const struct extent_table *t, enum extent_state s);
+
 int extent_table_parse(const char *path, struct extent_table *t);
 /*
  * As byte ranges of the file (the device starts at `offset` bytes into the
- * file) on the host device. what names the source in messages.
+ * file) on the host device. what names the source in messages. A v2
+ * table's unwritten ranges are flagged FIEMAP_EXTENT_UNWRITTEN and its
+ * holes LAYOUT_EXTENT_HOLE, and the layout says it has states.
  */
 int extent_table_layout(const struct extent_table *t, uint64_t offset,
 			struct layout *out, const char *what);

@@ -159,8 +159,41 @@ const char *difference_kind_name(enum difference_kind k)
 		return "unmappable";
 	case DIFF_UNMAPPED:
 		return "unmapped";
+	case DIFF_STATE:
+		return "state";
 	}
 	return "?";
+}
+
+const char *difference_kernel_state(const struct difference *d)
+{
+	if (!d->kernel_states || !d->kernel_listed)
+		return NULL;
+	if (d->kernel_flags & LAYOUT_EXTENT_HOLE)
+		return "hole";
+	return d->kernel_flags & FIEMAP_EXTENT_UNWRITTEN ? "unwritten" : "written";
+}
+
+const char *difference_file_state(const struct difference *d)
+{
+	if (!d->file_mapped)
+		return "hole";
+	return d->file_flags & FIEMAP_EXTENT_UNWRITTEN ? "unwritten" : "written";
+}
+
+/* What the file has in d's range: "the kernel knows ..., <this>". */
+static char *file_has(const struct difference *d)
+{
+	char flags[128];
+
+	if (!d->file_mapped)
+		return xstrdup("the file has no extent there (hole or past EOF)");
+	if (d->file_flags & ~FIEMAP_EXTENT_UNWRITTEN)
+		return xasprintf("the file's extent is %s",
+				 flags_name(d->file_flags, flags, sizeof(flags)));
+	if (d->file_flags & FIEMAP_EXTENT_UNWRITTEN)
+		return xstrdup("the file has unwritten blocks there");
+	return xstrdup("the file has written data there");
 }
 
 char *difference_note(const struct difference *d)
@@ -176,16 +209,38 @@ char *difference_note(const struct difference *d)
 	case DIFF_EXTRA:
 		return xasprintf("the kernel maps a range where the file has no extent (hole or past EOF)");
 	case DIFF_SHIFTED:
+		if ((d->kernel_flags & FIEMAP_EXTENT_UNWRITTEN) &&
+		    d->kernel_host > d->file_host)
+			return xasprintf("the kernel's unwritten blocks are %" PRIu64
+					 " bytes past the file's",
+					 d->kernel_host - d->file_host);
+		if (d->kernel_flags & FIEMAP_EXTENT_UNWRITTEN)
+			return xasprintf("the kernel's unwritten blocks are %" PRIu64
+					 " bytes before the file's",
+					 d->file_host - d->kernel_host);
 		if (d->kernel_host > d->file_host)
 			return xasprintf("the kernel maps %" PRIu64 " bytes past the file's data",
 					 d->kernel_host - d->file_host);
 		return xasprintf("the kernel maps %" PRIu64 " bytes before the file's data",
 				 d->file_host - d->kernel_host);
 	case DIFF_UNMAPPABLE:
+		/* A v2 table may know a range as unwritten: name the rest. */
 		return xasprintf("the kernel maps an extent that is %s: block mode must not",
-				 flags_name(d->file_flags, flags, sizeof(flags)));
+				 flags_name(d->kernel_states ?
+					    d->file_flags & ~FIEMAP_EXTENT_UNWRITTEN :
+					    d->file_flags, flags, sizeof(flags)));
 	case DIFF_UNMAPPED:
 		return xasprintf("neither maps this range: a hole inside a block-mode device");
+	case DIFF_STATE: {
+		char *has = file_has(d), *note;
+
+		note = xasprintf("the kernel knows this range as %s, %s",
+				 d->kernel_flags & LAYOUT_EXTENT_HOLE ? "a hole" :
+				 d->kernel_flags & FIEMAP_EXTENT_UNWRITTEN ?
+				 "unwritten" : "written", has);
+		free(has);
+		return note;
+	}
 	}
 	return xstrdup("?");
 }
@@ -216,6 +271,8 @@ static void add_difference(struct comparison *cmp, const struct difference *d)
 
 	/* One report for a run that continues the previous one. */
 	if (p && p->kind == d->kind && p->file_off + p->len == d->file_off &&
+	    p->kernel_listed == d->kernel_listed &&
+	    p->kernel_flags == d->kernel_flags &&
 	    p->kernel_mapped == d->kernel_mapped &&
 	    p->file_mapped == d->file_mapped &&
 	    p->file_flags == d->file_flags &&
@@ -244,6 +301,54 @@ static size_t count_meeting(const struct layout *l, uint64_t start,
 	return n;
 }
 
+/* v1: every range of the kernel's table is written data. */
+static bool differs_v1(const struct extent *k, const struct extent *f,
+		       struct difference *d)
+{
+	if (k && f && !extent_mappable(f->flags))
+		d->kind = DIFF_UNMAPPABLE;
+	else if (k && f && d->kernel_host != d->file_host)
+		d->kind = DIFF_SHIFTED;
+	else if (k && !f)
+		d->kind = DIFF_EXTRA;
+	else if (!k && f)
+		d->kind = DIFF_MISSING;
+	else if (!k && !f)
+		d->kind = DIFF_UNMAPPED;
+	else
+		return false;
+	return true;
+}
+
+/*
+ * v2: the kernel's range is written, unwritten or a hole, and the file must
+ * have the same there: an extent not flagged unwritten, one flagged
+ * unwritten at the same blocks, no extent. A gap in the table is as in v1.
+ */
+static bool differs_v2(const struct extent *k, const struct extent *f,
+		       struct difference *d)
+{
+	bool k_unwritten = k && (k->flags & FIEMAP_EXTENT_UNWRITTEN);
+
+	if (!k)
+		d->kind = f ? DIFF_MISSING : DIFF_UNMAPPED;
+	else if (k->flags & LAYOUT_EXTENT_HOLE) {
+		if (!f)
+			return false;
+		d->kind = DIFF_STATE;
+	} else if (!f)
+		d->kind = k_unwritten ? DIFF_STATE : DIFF_EXTRA;
+	else if (!extent_mappable(f->flags & ~FIEMAP_EXTENT_UNWRITTEN))
+		d->kind = DIFF_UNMAPPABLE;
+	else if (k_unwritten != !!(f->flags & FIEMAP_EXTENT_UNWRITTEN))
+		d->kind = DIFF_STATE;
+	else if (d->kernel_host != d->file_host)
+		d->kind = DIFF_SHIFTED;
+	else
+		return false;
+	return true;
+}
+
 void layout_compare(const struct layout *kernel, const struct layout *file,
 		    uint64_t start, uint64_t end, struct comparison *cmp)
 {
@@ -263,9 +368,14 @@ void layout_compare(const struct layout *kernel, const struct layout *file,
 		struct difference d = {
 			.file_off = x,
 			.len = next - x,
+			.kernel_states = kernel->states,
 		};
 
 		if (k) {
+			d.kernel_listed = true;
+			d.kernel_flags = k->flags;
+		}
+		if (k && !(k->flags & LAYOUT_EXTENT_HOLE)) {
 			d.kernel_mapped = true;
 			d.kernel_host = k->host_off + (x - k->file_off);
 		}
@@ -274,21 +384,8 @@ void layout_compare(const struct layout *kernel, const struct layout *file,
 			d.file_host = f->host_off + (x - f->file_off);
 			d.file_flags = f->flags;
 		}
-
-		if (k && f && !extent_mappable(f->flags))
-			d.kind = DIFF_UNMAPPABLE;
-		else if (k && f && d.kernel_host != d.file_host)
-			d.kind = DIFF_SHIFTED;
-		else if (k && !f)
-			d.kind = DIFF_EXTRA;
-		else if (!k && f)
-			d.kind = DIFF_MISSING;
-		else if (!k && !f)
-			d.kind = DIFF_UNMAPPED;
-		else
-			goto next;
-		add_difference(cmp, &d);
-next:
+		if (kernel->states ? differs_v2(k, f, &d) : differs_v1(k, f, &d))
+			add_difference(cmp, &d);
 		x = next;
 	}
 }

@@ -25,6 +25,12 @@ struct extent {
 struct layout {
 	struct extent *ext;
 	size_t n, cap;
+	/*
+	 * The kernel's side of a v2 table: every range says whether it is
+	 * written (flags 0), unwritten (FIEMAP_EXTENT_UNWRITTEN, at its
+	 * blocks) or a hole (LAYOUT_EXTENT_HOLE, no blocks).
+	 */
+	bool states;
 };
 
 void layout_init(struct layout *l);
@@ -61,12 +67,16 @@ enum difference_kind {
 	DIFF_SHIFTED,		/* both map it, to different host bytes */
 	DIFF_UNMAPPABLE,	/* the kernel maps an extent that must not be */
 	DIFF_UNMAPPED,		/* neither maps it: a gap in a block-mode table */
+	DIFF_STATE,		/* v2: written, unwritten or hole, not as the file */
 };
 
 struct difference {
 	enum difference_kind kind;
 	uint64_t file_off, len;		/* bytes of the file */
-	bool kernel_mapped;
+	bool kernel_states;		/* the kernel's layout has states (v2) */
+	bool kernel_listed;		/* in a range of the kernel's table */
+	uint32_t kernel_flags;		/* its state, as in struct layout */
+	bool kernel_mapped;		/* to blocks: not a gap, not a hole */
 	uint64_t kernel_host;		/* bytes on the host, if kernel_mapped */
 	bool file_mapped;
 	uint64_t file_host;		/* bytes on the host, if file_mapped */
@@ -82,12 +92,23 @@ struct comparison {
 };
 
 const char *difference_kind_name(enum difference_kind k);
+/*
+ * "written", "unwritten" or "hole": the kernel's state of d's range (NULL
+ * in a gap of the table or without states), and the file's (an extent not
+ * flagged unwritten is written).
+ */
+const char *difference_kernel_state(const struct difference *d);
+const char *difference_file_state(const struct difference *d);
 /* One line saying what the difference means, for people. */
 char *difference_note(const struct difference *d);
 
 /*
  * Compare the kernel's layout with the file's over [start, end) of the file.
- * Both must be normalised. Fills cmp (free with comparison_free).
+ * Both must be normalised. Fills cmp (free with comparison_free). With
+ * kernel->states (a v2 table), an unwritten range must be an unwritten
+ * extent at the same place, a hole no extent, and a written range an
+ * extent not flagged unwritten; without, every kernel range is written and
+ * an unwritten extent under it is unmappable.
  */
 void layout_compare(const struct layout *kernel, const struct layout *file,
 		    uint64_t start, uint64_t end, struct comparison *cmp);

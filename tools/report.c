@@ -52,6 +52,7 @@ struct target_view {
 	const char *mode, *reason, *path;
 	uint64_t offset;
 	char *extents;		/* text: from either source */
+	char *states;		/* a v2 table's ranges by state, NULL for v1 */
 	char *host;
 	const char *instance;
 	char *dm_path;		/* owned, from the table line */
@@ -656,6 +657,8 @@ static void write_summary(struct report *r, const char *label,
 		}
 		fprintf(f, "extents:     %s%s%s\n", t->extents ? t->extents : "?",
 			t->host ? " on host " : "", t->host ? t->host : "");
+		if (t->states)
+			fprintf(f, "states:      %s\n", t->states);
 	}
 	fprintf(f, "\ncomparison:  %s\n", verdict);
 	fprintf(f, "kernel log:  %zu dm-loop line%s (kernel-log)\n", log_lines,
@@ -753,6 +756,14 @@ static void view_from_debugfs(struct target_view *v, const struct target *t)
 	if (t->have_table)
 		v->host = xasprintf("%u:%u", t->table.host_major,
 				    t->table.host_minor);
+	if (t->have_table && t->table.version >= 2) {
+		size_t holes = extent_table_count(&t->table, EXTENT_HOLE);
+
+		v->states = xasprintf("%zu written, %zu unwritten, %zu hole%s (extents v2)",
+				      extent_table_count(&t->table, EXTENT_WRITTEN),
+				      extent_table_count(&t->table, EXTENT_UNWRITTEN),
+				      holes, holes == 1 ? "" : "s");
+	}
 }
 
 /* Without debugfs: the dm table and INFO status say most of it. */
@@ -775,6 +786,7 @@ static void view_from_dm(struct target_view *v, const struct dm_target_line *tl)
 static void view_free(struct target_view *v)
 {
 	free(v->extents);
+	free(v->states);
 	free(v->host);
 	free(v->dm_path);
 	free(v->mount_point);

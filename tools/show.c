@@ -3,7 +3,9 @@
  * show.c -- `dmloop-inspect show <dev>`: a device's debugfs `info` and
  * `extents`. The extents are printed in filefrag -v -b512 columns
  * (logical = file sector, physical = host sector) so the listing can be
- * put beside `filefrag -v -b512 <file>`.
+ * put beside `filefrag -v -b512 <file>`; a v2 table's state is one more
+ * column, after the flags, and its holes (which filefrag does not list)
+ * have no physical range.
  */
 #define _GNU_SOURCE
 #include <getopt.h>
@@ -26,6 +28,7 @@ static void show_human(const struct device_targets *dt)
 {
 	for (size_t i = 0; i < dt->n; i++) {
 		const struct target *t = &dt->t[i];
+		bool v2 = t->have_table && t->table.version >= 2;
 		size_t width = 0;
 
 		if (i)
@@ -46,22 +49,38 @@ static void show_human(const struct device_targets *dt)
 		printf("  extents: %zu on host %u:%u, in 512-byte sectors "
 		       "(logical: of the file; physical: of the host)\n",
 		       t->table.n, t->table.host_major, t->table.host_minor);
+		if (v2)
+			printf("  states (extents v2): %zu written, %zu unwritten, "
+			       "%zu hole%s\n",
+			       extent_table_count(&t->table, EXTENT_WRITTEN),
+			       extent_table_count(&t->table, EXTENT_UNWRITTEN),
+			       extent_table_count(&t->table, EXTENT_HOLE),
+			       extent_table_count(&t->table, EXTENT_HOLE) == 1 ? "" : "s");
 		if (t->table.n == 0)
 			continue;
 		/* filefrag's header and widths (logical 8, physical 10). */
-		printf(" ext: %*s %*s length: %*s flags:\n", 8 * 2 + 3,
+		printf(" ext: %*s %*s length: %*s flags:%s\n", 8 * 2 + 3,
 		       "logical_offset:", 10 * 2 + 3, "physical_offset:", 10 + 1,
-		       "expected:");
+		       "expected:", v2 ? " state:" : "");
 		for (size_t k = 0; k < t->table.n; k++) {
 			const struct table_extent *e = &t->table.ext[k];
 			uint64_t file_sector = (t->have_info ? t->info.offset / 512 : 0) +
 					       e->dev_sector;
+			const char *flags = k + 1 == t->table.n ? "last" : "";
 
-			printf("%4zu: %8" PRIu64 "..%8" PRIu64 ": %10" PRIu64 "..%10" PRIu64
-			       ": %6" PRIu64 ": %10s  %s\n", k, file_sector,
-			       file_sector + e->sectors - 1, e->host_sector,
-			       e->host_sector + e->sectors - 1, e->sectors, "",
-			       k + 1 == t->table.n ? "last" : "");
+			printf("%4zu: %8" PRIu64 "..%8" PRIu64 ": ", k, file_sector,
+			       file_sector + e->sectors - 1);
+			/* A hole has no blocks: no number a parser could take. */
+			if (e->state == EXTENT_HOLE)
+				printf("%10s  %10s", "-", "-");
+			else
+				printf("%10" PRIu64 "..%10" PRIu64, e->host_sector,
+				       e->host_sector + e->sectors - 1);
+			if (v2)
+				printf(": %6" PRIu64 ": %10s  %-6s %s\n", e->sectors, "",
+				       flags, extent_state_name(e->state));
+			else
+				printf(": %6" PRIu64 ": %10s  %s\n", e->sectors, "", flags);
 		}
 	}
 }
@@ -105,6 +124,8 @@ static void show_json(const struct device_targets *dt)
 			snprintf(host, sizeof(host), "%u:%u", t->table.host_major,
 				 t->table.host_minor);
 			json_string(&j, "host", host);
+			if (t->table.version >= 2)
+				json_u64(&j, "extents_version", t->table.version);
 			json_array_begin(&j, "extents");
 			for (size_t k = 0; k < t->table.n; k++) {
 				const struct table_extent *e = &t->table.ext[k];
@@ -114,6 +135,9 @@ static void show_json(const struct device_targets *dt)
 				json_u64(&j, "dev_sector", e->dev_sector);
 				json_u64(&j, "sectors", e->sectors);
 				json_u64(&j, "host_sector", e->host_sector);
+				if (t->table.version >= 2)
+					json_string(&j, "state",
+						    extent_state_name(e->state));
 				if (t->have_info)
 					json_u64(&j, "file_offset",
 						 t->info.offset + e->dev_sector * 512);

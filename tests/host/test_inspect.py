@@ -83,10 +83,15 @@ def instance_dir(tree_root, minor, start, ident):
 
 # ---------------------------------------------------------------- helpers
 
-def write_extents(path, host, extents, count=None, magic="# dm-loop extents v1"):
+def write_extents(path, host, extents, count=None, magic=None):
+    """extents: (dev_sector, sectors, host_sector) for v1, with a fourth
+    item, the state, for v2 (a sparse file's table)."""
+    v2 = any(len(e) == 4 for e in extents)
+    if magic is None:
+        magic = "# dm-loop extents v%d" % (2 if v2 else 1)
     lines = [magic, "# host %s extents %d" % (host, len(extents) if count is None else count),
-             "# index dev_sector sectors host_sector"]
-    lines += ["%d %d %d %d" % (i, d, n, h) for i, (d, n, h) in enumerate(extents)]
+             "# index dev_sector sectors host_sector" + (" state" if v2 else "")]
+    lines += ["%d %s" % (i, " ".join(str(x) for x in e)) for i, e in enumerate(extents)]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -127,7 +132,8 @@ def read_extents(path):
         if line.startswith("# host "):
             host = line.split()[2]
         elif not line.startswith("#"):
-            ext.append(tuple(int(x) for x in line.split()[1:]))
+            words = line.split()[1:]
+            ext.append(tuple(int(x) for x in words[:3]) + tuple(words[3:]))
     return host, ext
 
 
@@ -797,3 +803,311 @@ def test_guest_capture_altered_filefrag_differs(tool, tmp_path, kernel, fs, dev,
     start, end = max(lo * unit, offset), (lo + n) * unit
     assert [(x["kind"], x["file_start"], x["file_end"]) for x in diffs] == [("shifted", start, end)]
     assert diffs[0]["file_host_byte"] - diffs[0]["kernel_host_byte"] == 5 * unit
+
+
+# ------------------------------------- sparse files on XFS: extents v2
+#
+# fixtures/debugfs/xfs-sparse/ (make-debugfs.py) holds block-mode devices
+# over xfs/sparse.img, whose listings (filefrag/xfs-sparse*.txt) are the
+# captured xfs-prealloc ones with two ranges punched: 256 KiB written,
+# 128 KiB unwritten, a 128 KiB hole, 384 KiB unwritten, a 128 KiB hole.
+# The kernel's table (extents v2) says which each range is.
+
+SPARSE = tree("xfs-sparse")
+SPARSE_TABLE = [(0, 512, 4544, "written"), (512, 256, 5056, "unwritten"), (768, 256, 0, "hole"),
+                (1024, 768, 5568, "unwritten"), (1792, 256, 0, "hole")]
+V2_AGREE = [
+    ("xsparse", ["xfs-sparse.txt", "xfs-sparse.b512.txt"], 0),
+    ("xsparse-off", ["xfs-sparse.txt", "xfs-sparse.b512.txt"], 131072),
+    # every range written since: still v2, reason "-"
+    ("xwritten", ["xfs-frag.txt", "xfs-frag.b512.txt", "xfs-frag.e.txt"], 0),
+]
+
+
+def test_v2_fixture_is_the_sparse_table():
+    assert read_extents(os.path.join(instance_dir(SPARSE, 0, 0, 1), "extents")) == \
+        ("7:2", SPARSE_TABLE)
+
+
+@pytest.mark.parametrize("dev,files,offset", V2_AGREE, ids=[a[0] for a in V2_AGREE])
+def test_v2_compare_agrees(tool, dev, files, offset):
+    for name in files:
+        p = tool("compare", dev, "--no-fiemap", "--filefrag", ff(name), debugfs=SPARSE, expect=0)
+        assert "verdict: agree" in p.stdout and "offset %d" % offset in p.stdout
+        assert "block mode" in p.stdout
+    if dev != "xwritten":
+        assert "block mode (holes:2/unwritten:2)" in p.stdout
+        assert "v2: 1 written, 2 unwritten, 2 holes" in p.stdout
+    doc = json.loads(tool("compare", "--json", dev, "--no-fiemap", "--filefrag", ff(files[0]),
+                          debugfs=SPARSE, expect=0).stdout)
+    t = doc["targets"][0]
+    assert doc["verdict"] == "agree" and t["extents_version"] == 2
+    assert sum(t["kernel_states"].values()) == t["kernel_extents"]
+
+
+def test_v2_offline_compare_agrees(tool):
+    d = instance_dir(SPARSE, 0, 0, 1)
+    tool("compare", "--extents", os.path.join(d, "extents"), "--info", os.path.join(d, "info"),
+         "--filefrag", ff("xfs-sparse.txt"), "--filefrag", ff("xfs-sparse.b512.txt"), expect=0)
+    tool("compare", "--extents", os.path.join(d, "extents"), "--sectors", 2048,
+         "--filefrag", ff("xfs-sparse.b512.txt"), expect=0)
+    # The same table placed at another offset of the file is not the file.
+    tool("compare", "--extents", os.path.join(instance_dir(SPARSE, 1, 0, 2), "extents"),
+         "--sectors", 1792, "--filefrag", ff("xfs-sparse.txt"), expect=1)
+
+
+def sparse_root(tmp_path, table):
+    root = tmp_path / "dbg"
+    make_instance(root, 0, 0, 1, "xsparse", "/mnt/dmloop-fixtures/xfs/sparse.img", "7:2", 0,
+                  2048, table, reason="holes:2/unwritten:2")
+    return root
+
+
+def with_entry(i, *entry):
+    t = list(SPARSE_TABLE)
+    t[i] = entry
+    return t
+
+
+# name: (kernel table, file listing, [(kind, file_start, file_end, kernel_state,
+#        file_state)], words of the note)
+V2_DIFFER = {
+    "unwritten_over_written": (
+        with_entry(0, 0, 512, 4544, "unwritten"), "xfs-sparse.txt",
+        [("state", 0, 262144, "unwritten", "written")],
+        "the kernel knows this range as unwritten, the file has written data there"),
+    "written_over_unwritten": (
+        with_entry(1, 512, 256, 5056, "written"), "xfs-sparse.b512.txt",
+        [("state", 262144, 393216, "written", "unwritten")],
+        "the kernel knows this range as written, the file has unwritten blocks there"),
+    "hole_over_written": (
+        with_entry(0, 0, 512, 0, "hole"), "xfs-sparse.txt",
+        [("state", 0, 262144, "hole", "written")],
+        "the kernel knows this range as a hole, the file has written data there"),
+    "hole_over_unwritten": (
+        with_entry(3, 1024, 768, 0, "hole"), "xfs-sparse.txt",
+        [("state", 524288, 917504, "hole", "unwritten")],
+        "the kernel knows this range as a hole, the file has unwritten blocks there"),
+    "unwritten_over_hole": (
+        with_entry(2, 768, 256, 5312, "unwritten"), "xfs-sparse.b512.txt",
+        [("state", 393216, 524288, "unwritten", "hole")],
+        "the kernel knows this range as unwritten, the file has no extent there"),
+    "written_over_hole": (
+        with_entry(4, 1792, 256, 6336, "written"), "xfs-sparse.txt",
+        [("extra", 917504, 1048576, "written", "hole")],
+        "the kernel maps a range where the file has no extent"),
+    "unwritten_elsewhere": (
+        with_entry(3, 1024, 768, 5576, "unwritten"), "xfs-sparse.txt",
+        [("shifted", 524288, 917504, "unwritten", "unwritten")],
+        "the kernel's unwritten blocks are 4096 bytes past the file's"),
+    "written_elsewhere": (
+        with_entry(0, 0, 512, 4536, "written"), "xfs-sparse.txt",
+        [("shifted", 0, 262144, "written", "written")],
+        "the kernel maps 4096 bytes before the file's data"),
+    "gap_over_a_hole": (
+        SPARSE_TABLE[:2] + SPARSE_TABLE[3:], "xfs-sparse.txt",
+        [("unmapped", 393216, 524288, None, "hole")],
+        "neither maps this range"),
+    "gap_over_data": (
+        SPARSE_TABLE[1:], "xfs-sparse.txt",
+        [("missing", 0, 262144, None, "written")],
+        "the kernel table does not map file data"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(V2_DIFFER))
+def test_v2_compare_differs(tool, tmp_path, case):
+    table, listing, want, note = V2_DIFFER[case]
+    diffs, human = differences(tool, sparse_root(tmp_path, table), "xsparse", listing)
+    assert [(d["kind"], d["file_start"], d["file_end"], d["kernel_state"], d["file_state"])
+            for d in diffs] == want
+    assert note in human and note in diffs[0]["what"]
+    kind = want[0][0]
+    assert re.search(r"^\s+%s\s+%d\s+%d\s" % (kind, want[0][1], want[0][2]), human, re.M), human
+    if want[0][3] == "hole":
+        assert diffs[0]["kernel_host_byte"] is None
+    # The same through --extents, without a debugfs tree.
+    d = instance_dir(tmp_path / "dbg", 0, 0, 1)
+    tool("compare", "--extents", os.path.join(d, "extents"), "--sectors", 2048,
+         "--filefrag", ff(listing), expect=1)
+
+
+def test_v2_unwritten_and_shared_is_unmappable(tool, tmp_path):
+    """An unwritten range of a v2 table over an extent that is also shared:
+    unwritten is what the kernel expects, shared is not."""
+    text = open(ff("xfs-sparse.txt")).read().replace("  unwritten\n", "  unwritten,shared\n")
+    assert text.count("unwritten,shared") == 1
+    listing = tmp_path / "shared.txt"
+    listing.write_text(text)
+    diffs, human = differences(tool, sparse_root(tmp_path, SPARSE_TABLE), "xsparse", listing)
+    assert [(d["kind"], d["file_start"], d["file_end"]) for d in diffs] == \
+        [("unmappable", 262144, 393216)]
+    assert "extent that is shared: block mode must not" in human
+    assert diffs[0]["file_flags"] == "unwritten,shared"
+
+
+def test_v2_several_differences_in_one_table(tool, tmp_path):
+    table = [(0, 768, 4544, "written"), (768, 1024, 0, "hole"), (1792, 256, 0, "hole")]
+    diffs, _ = differences(tool, sparse_root(tmp_path, table), "xsparse", "xfs-sparse.txt")
+    assert [(d["kind"], d["file_start"], d["file_end"], d["kernel_state"], d["file_state"])
+            for d in diffs] == [("state", 262144, 393216, "written", "unwritten"),
+                                ("state", 524288, 917504, "hole", "unwritten")]
+
+
+def test_v1_table_over_unwritten_extents_is_unchanged(tool, tmp_path):
+    """A v1 table knows no states: the unwritten extents under it are
+    unmappable and the holes unmapped, as before extents v2."""
+    root = tmp_path / "dbg"
+    make_instance(root, 0, 0, 1, "old", "/x", "7:2", 0, 2048,
+                  [(0, 768, 4544), (1024, 768, 5568)])
+    diffs, human = differences(tool, root, "old", "xfs-sparse.txt")
+    assert [(d["kind"], d["file_start"], d["file_end"]) for d in diffs] == \
+        [("unmappable", 262144, 393216), ("unmapped", 393216, 524288),
+         ("unmappable", 524288, 917504), ("unmapped", 917504, 1048576)]
+    assert "the kernel maps an extent that is unwritten: block mode must not" in human
+    assert all("kernel_state" not in d and "file_state" not in d for d in diffs)
+    doc = json.loads(tool("compare", "--json", "old", "--no-fiemap", "--filefrag",
+                          ff("xfs-sparse.txt"), debugfs=root, expect=1).stdout)
+    assert "extents_version" not in doc["targets"][0]
+    assert "kernel_states" not in doc["targets"][0]
+    assert "v2" not in human
+
+
+def test_v2_show(tool):
+    out = tool("show", "xsparse", debugfs=SPARSE, expect=0).stdout
+    assert "reason:        holes:2/unwritten:2" in out
+    assert "states (extents v2): 1 written, 2 unwritten, 2 holes" in out
+    assert re.search(r"^ ext: .* flags: state:$", out, re.M)
+    # The written and unwritten ranges in filefrag -v -b512 columns, as
+    # filefrag lists them; holes are listed with no physical range.
+    mine = [m.groups()[:5] for m in map(EXT_RE.match, out.splitlines()) if m]
+    theirs = [m.groups()[:5] for m in map(EXT_RE.match,
+                                           open(ff("xfs-sparse.b512.txt")).read().splitlines()) if m]
+    assert mine == theirs
+    states = re.findall(r"^\s*\d+:.*\s(written|unwritten|hole)$", out, re.M)
+    assert states == [e[3] for e in SPARSE_TABLE]
+    assert re.search(r"^\s+4:\s+1792\.\.\s+2047:\s+-\s+-:\s+256:\s+last\s+hole$", out, re.M), out
+
+
+def test_v2_show_json(tool):
+    doc = json.loads(tool("show", "--json", "xsparse-off", debugfs=SPARSE, expect=0).stdout)
+    t = doc["targets"][0]
+    assert t["info"]["reason"] == "holes:2/unwritten:2" and t["extents_version"] == 2
+    assert [(e["dev_sector"], e["sectors"], e["host_sector"], e["state"]) for e in t["extents"]] == \
+        [(0, 256, 4800, "written"), (256, 256, 5056, "unwritten"), (512, 256, 0, "hole"),
+         (768, 768, 5568, "unwritten"), (1536, 256, 0, "hole")]
+    assert t["extents"][0]["file_offset"] == 131072
+    # v1 tables: no state, no version.
+    doc = json.loads(tool("show", "--json", "frag", debugfs=tree("ext4-4k"), expect=0).stdout)
+    assert "extents_version" not in doc["targets"][0]
+    assert all("state" not in e for e in doc["targets"][0]["extents"])
+    out = tool("show", "frag", debugfs=tree("ext4-4k"), expect=0).stdout
+    assert "state" not in out and "v2" not in out
+
+
+def test_v2_report(tool, tmp_path):
+    out = tmp_path / "r.tar.gz"
+    tool("report", "xsparse", "-o", out, debugfs=SPARSE, expect=0)
+    top, _ = extract(out, tmp_path)
+    summary = (top / "SUMMARY").read_text()
+    assert "mode:        block, reason holes:2/unwritten:2" in summary
+    assert "states:      1 written, 2 unwritten, 2 holes (extents v2)" in summary
+    extents = (top / "debugfs" / "dm-0-0-1" / "extents").read_text()
+    assert extents.startswith("# dm-loop extents v2\n") and "hole\n" in extents
+    assert "sparse.img: No such file" in (top / "MISSING").read_text()
+    # v1: no states line.
+    tool("report", "frag", "-o", tmp_path / "v1.tar.gz", debugfs=tree("ext4-4k"), expect=0)
+    top, _ = extract(tmp_path / "v1.tar.gz", tmp_path / "v1")
+    assert "states:" not in (top / "SUMMARY").read_text()
+
+
+def table_v2(ext, sectors):
+    """dm-loop's sparse table for a file, from filefrag -b512 extents."""
+    out, pos = [], 0
+
+    def add(dev, cnt, host, state):
+        if out and out[-1][3] == state and out[-1][0] + out[-1][1] == dev and \
+                (state == "hole" or out[-1][2] + out[-1][1] == host):
+            out[-1] = (out[-1][0], out[-1][1] + cnt, out[-1][2], state)
+        else:
+            out.append((dev, cnt, host, state))
+    for l, p, n, flags in ext:
+        hi = min(l + n, sectors)
+        if l >= hi:
+            continue
+        if l > pos:
+            add(pos, l - pos, 0, "hole")
+        add(l, hi - l, p, "unwritten" if "unwritten" in flags else "written")
+        pos = hi
+    if pos < sectors:
+        add(pos, sectors - pos, 0, "hole")
+    return out
+
+
+@pytest.fixture
+def live_sparse(tmp_path):
+    """A real 1 MiB file: preallocated, 256 KiB written, 128 KiB punched at
+    384 KiB; and a debugfs tree whose dm-9 maps it with its v2 table."""
+    img = tmp_path / "sparse"
+    with open(img, "wb") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, 1 << 20)
+        except OSError as e:
+            pytest.skip("fallocate: %s" % e)
+        f.write(os.urandom(256 << 10))
+        f.flush()
+        os.fsync(f.fileno())
+    if shutil.which("fallocate") is None or subprocess.run(
+            ["fallocate", "--punch-hole", "-o", str(384 << 10), "-l", str(128 << 10), str(img)],
+            capture_output=True).returncode:
+        pytest.skip("cannot punch a hole here")
+    ext = filefrag_b512(img)
+    if not any("unwritten" in e[3] for e in ext) or sum(e[2] for e in ext) >= 2048:
+        pytest.skip("this file system does not report unwritten extents and holes")
+    if any("unknown" in e[3] or "delalloc" in e[3] for e in ext):
+        pytest.skip("file system reports unknown/delalloc extents after fsync")
+    table = table_v2(ext, 2048)
+    assert {e[3] for e in table} == {"written", "unwritten", "hole"}
+    root = tmp_path / "dbg"
+    holes = sum(1 for e in table if e[3] == "hole")
+    unwritten = sum(1 for e in table if e[3] == "unwritten")
+    make_instance(root, 9, 0, 1, "sp", str(img), devno(img), 0, 2048, table,
+                  reason="holes:%d/unwritten:%d" % (holes, unwritten))
+    return {"img": img, "root": root, "ext": ext, "table": table}
+
+
+def test_v2_fiemap(tool, live_sparse, tmp_path):
+    """The v2 table of a real sparse file agrees with FIEMAP; a hole of the
+    file that the table calls unwritten does not; a v1 table of the same
+    blocks does not either."""
+    img, root, table = live_sparse["img"], live_sparse["root"], live_sparse["table"]
+    p = tool("compare", "sp", debugfs=root, expect=0)
+    assert "fiemap %s" % img in p.stdout and "verdict: agree" in p.stdout
+    i = [k for k, e in enumerate(table) if e[3] == "hole" and e[0] == 768][0]
+    bad = list(table)
+    bad[i] = (bad[i][0], bad[i][1], table[i - 1][2] + table[i - 1][1], "unwritten")
+    write_extents(os.path.join(instance_dir(root, 9, 0, 1), "extents"), devno(img), bad)
+    diffs = json.loads(tool("compare", "--json", "sp", debugfs=root, expect=1).stdout)[
+        "targets"][0]["comparisons"][0]["differences"]
+    assert [(d["kind"], d["file_start"], d["file_end"], d["kernel_state"]) for d in diffs] == \
+        [("state", 393216, 524288, "unwritten")]
+    # v1: the unwritten extents are unmappable, as they always were.
+    root1 = tmp_path / "dbg1"
+    make_instance(root1, 9, 0, 1, "sp", str(img), devno(img), 0, 2048, merged(live_sparse["ext"]))
+    diffs = json.loads(tool("compare", "--json", "sp", debugfs=root1, expect=1).stdout)[
+        "targets"][0]["comparisons"][0]["differences"]
+    assert {d["kind"] for d in diffs} == {"unmappable", "unmapped"}
+
+
+def test_v2_report_live(tool, live_sparse, tmp_path):
+    out = tmp_path / "sp.tar.gz"
+    tool("report", "sp", "-o", out, debugfs=live_sparse["root"], expect=0)
+    top, _ = extract(out, tmp_path)
+    summary = (top / "SUMMARY").read_text()
+    assert "comparison:  agree" in summary and "states:      1 written, 2 unwritten" in summary
+    compare = (top / "compare.txt").read_text()
+    assert "(v2: 1 written, 2 unwritten, 1 hole)" in compare and "verdict: agree" in compare
+    doc = json.loads((top / "compare.json").read_text())
+    assert doc["verdict"] == "agree"
+    assert doc["targets"][0]["kernel_states"] == {"written": 1, "unwritten": 2, "hole": 1}
+    assert "unwritten" in (top / "file" / "filefrag-v").read_text()
