@@ -209,3 +209,80 @@ def test_fio_verify_over_a_sparse_file(scratch_fs):
     finally:
         dmloop.remove("sx")
     xfs_repair_clean(mp)
+
+
+def test_power_cut_keeps_what_a_flush_covered_and_never_shows_stale_data(tmp_path):
+    """XFS on a dm device over a scratch disk whose free space holds a
+    secret, a sparse file's device on it.  Writes acknowledged before a
+    flush; then the disk drops every write (dm-flakey drop_writes: a power
+    cut that the host does not notice); more writes into holes; the stack
+    comes down and XFS is mounted from the disk again (log recovery).  The
+    flushed data is all there; what was written after the cut reads as
+    zeros or as the new data, never as the secret; xfs_repair -n is clean."""
+    from test_block_safety import XFS_SMALL_ENV
+    dmloop.modprobe("dm-flakey")
+    disk = dmloop.scratch_disk(2)
+    sectors = dmloop.device_size(disk) // 512
+    lower = dmloop.create("sx-host", "0 %d linear %s 0" % (sectors, disk))
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    size = 16 * MiB
+    kept = [(0, dmloop.random_bytes(MiB, 41)), (8 * MiB + 4 * KiB, dmloop.random_bytes(4 * KiB, 42)),
+            (10 * MiB + 512, dmloop.random_bytes(512, 43))]
+    lost = [(4 * MiB, dmloop.random_bytes(MiB, 44)), (12 * MiB + 1024, dmloop.random_bytes(512, 45)),
+            (MiB + 8 * KiB, dmloop.random_bytes(8 * KiB, 46))]
+    mounted = False
+    try:
+        dmloop.run(["mkfs.xfs", "-f", "-q", lower], env=dict(os.environ, **XFS_SMALL_ENV))
+        dmloop.run(["mount", lower, str(mp)])
+        mounted = True
+        fill_free_space(mp, SECRET)
+        img = mp / "img"
+        with open(img, "wb") as f:
+            f.truncate(size)
+        os.sync()
+        dev = dmloop.create("sx", table(img, size))
+        try:
+            assert status_fields("sx")["mode"] == "block"
+            for off, data in kept:
+                dmloop.write_bytes(dev, data, offset=off, direct=True)
+            fd = os.open(dev, os.O_RDONLY)
+            try:
+                os.fsync(fd)                # the flush that covers them
+            finally:
+                os.close(fd)
+            # The cut: from here on the disk keeps nothing, and says it did.
+            dmloop.suspend("sx-host", "--nolockfs")
+            dmloop.reload("sx-host", "0 %d flakey %s 0 0 3600 1 drop_writes" % (sectors, disk))
+            dmloop.resume("sx-host")
+            for off, data in lost:
+                dmloop.write_bytes(dev, data, offset=off, direct=True, fsync=True)
+                assert dmloop.read_bytes(dev, len(data), offset=off, direct=True) == data
+        finally:
+            dmloop.remove("sx")
+        dmloop.umount(mp)
+        mounted = False
+        dmloop.remove("sx-host")
+        lower = None
+        dmloop.run(["mount", disk, str(mp)])     # log recovery, from what the disk kept
+        mounted = True
+        got = dmloop.read_bytes(mp / "img", size)
+        assert SECRET not in got, "stale data (the secret) in the file after the power cut"
+        want = bytearray(size)
+        for off, data in kept:
+            want[off:off + len(data)] = data
+            assert got[off:off + len(data)] == data, "flushed write at %d lost" % off
+        for off, data in lost:
+            piece = got[off:off + len(data)]
+            assert piece in (data, bytes(len(data))), "write after the cut at %d half there" % off
+            want[off:off + len(data)] = piece
+        assert got == want
+        dmloop.umount(mp)
+        mounted = False
+        p = dmloop.run(["xfs_repair", "-n", disk], check=False)
+        assert p.returncode == 0, p.stdout + p.stderr
+    finally:
+        if mounted:
+            dmloop.umount(mp)
+        if lower:
+            dmloop.remove("sx-host")
