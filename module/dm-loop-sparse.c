@@ -14,13 +14,17 @@
  * table under RCU, so map() never takes a lock.
  *
  * Order, for every write into a hole or unwritten blocks (dm-loop.rst,
- * "Sparse files"):
+ * "Sparse files on XFS"):
  *   1. the blocks are allocated unwritten, durably (map_blocks() commits
  *      the allocation synchronously);
  *   2. the data, and zeros over the rest of any file block it covers only
  *      in part, are written to the host device and flushed;
  *   3. commit_blocks() converts exactly those blocks, synchronously;
  *   4. the table says "written", then the bio completes.
+ * The worker takes up to LOOP_SPARSE_BATCH waiting bios at once: their
+ * data goes out together, then one flush and one commit_blocks() cover
+ * them all.  A bio that writes part of an unwritten block is done alone
+ * (its zeros must not land over another bio's data in the same block).
  * A crash before 3 leaves the blocks unwritten: they read as zeros, never
  * as what the disk held before.  A crash after 3 finds the data on disk.
  * A read after the write completed finds the table updated (4).
@@ -318,34 +322,225 @@ static int loop_sparse_write(struct loop_c *lc, struct bio *bio)
 }
 
 /*
- * The device's worker for writes into holes and unwritten ranges: one at
- * a time (they allocate and convert under lc->alloc_lock anyway), in the
- * order map() queued them.  NOIO: the filesystem's allocations must not
+ * A batch of writes that share one flush and one commit_blocks(): those
+ * whose unwritten ranges are whole filesystem blocks.  Each piece is the
+ * part of a bio over one extent.
+ */
+struct loop_sparse_batch {
+	atomic_t pending;
+	struct completion done;
+};
+
+struct loop_sparse_piece {
+	struct loop_sparse_batch *b;
+	unsigned int bio;		/* index into the batch's bios */
+	bool unwritten;
+	blk_status_t status;
+	sector_t pos, len, host;
+};
+
+static void loop_sparse_piece_end(struct bio *clone)
+{
+	struct loop_sparse_piece *p = clone->bi_private;
+	struct loop_sparse_batch *b = p->b;
+
+	p->status = clone->bi_status;
+	bio_put(clone);
+	if (atomic_dec_and_test(&b->pending))
+		complete(&b->done);
+}
+
+/*
+ * Allocate every hole @bio writes into; then, in @pieces if not NULL, its
+ * pieces over written and unwritten extents.  The number of pieces, or an
+ * errno; -EAGAIN: an unwritten piece covers a filesystem block in part
+ * (that bio goes alone, loop_sparse_write()).
+ */
+static int loop_sparse_plan(struct loop_c *lc, struct bio *bio, unsigned int idx,
+			    struct loop_sparse_piece *pieces)
+{
+	sector_t spb = lc->block_size >> SECTOR_SHIFT;
+	sector_t start = dm_target_offset(lc->ti, bio->bi_iter.bi_sector);
+	sector_t end = start + bio_sectors(bio), pos = start;
+	unsigned int n = 0;
+	int r;
+
+	while (pos < end) {
+		const struct loop_table *t = rcu_dereference_protected(lc->table,
+					lockdep_is_held(&lc->alloc_lock));
+		const struct loop_extent *e = loop_find_extent(t, pos);
+		sector_t len = min(end, e->dev_sector + e->len) - pos;
+
+		if (e->host_sector & LOOP_EXT_HOLE) {
+			r = loop_sparse_alloc(lc, e, pos, len);
+			if (r)
+				return r;
+			continue;
+		}
+		if (!loop_ext_written(e) && ((pos | (pos + len)) & (spb - 1)))
+			return -EAGAIN;
+		if (pieces)
+			pieces[n] = (struct loop_sparse_piece){
+				.bio = idx, .unwritten = !loop_ext_written(e), .pos = pos,
+				.len = len, .host = loop_ext_host(e) + (pos - e->dev_sector) };
+		n++;
+		pos += len;
+	}
+	return n;
+}
+
+/*
+ * Write @nr bios (@status[i] already set for those that failed or go
+ * alone) in one batch: the data of all at once, then one flush and one
+ * commit_blocks() for their unwritten ranges, then the table.
+ */
+static void loop_sparse_batch(struct loop_c *lc, struct bio **bios, int *status,
+			      unsigned int nr)
+{
+	struct loop_sparse_batch b;
+	struct loop_sparse_piece *pieces;
+	struct iomap *maps;
+	unsigned int i, np = 0, nm = 0;
+	int r;
+
+	for (i = 0; i < nr; i++) {
+		if (status[i])
+			continue;
+		r = loop_sparse_plan(lc, bios[i], i, NULL);
+		if (r < 0)
+			status[i] = r;
+		else
+			np += r;
+	}
+	if (!np)
+		return;
+	pieces = kvmalloc_array(np, sizeof(*pieces), GFP_NOIO);
+	maps = kvmalloc_array(np, sizeof(*maps), GFP_NOIO);
+	if (!pieces || !maps) {
+		/* Each on its own, then. */
+		for (i = 0; i < nr; i++)
+			if (!status[i])
+				status[i] = -EAGAIN;
+		goto out;
+	}
+	/* Allocating for one bio only merges the others' extents: no more pieces. */
+	np = 0;
+	for (i = 0; i < nr; i++) {
+		if (status[i])
+			continue;
+		r = loop_sparse_plan(lc, bios[i], i, pieces + np);
+		if (r < 0)
+			status[i] = r;
+		else
+			np += r;
+	}
+
+	atomic_set(&b.pending, 1);
+	init_completion(&b.done);
+	for (i = 0; i < np; i++) {
+		struct loop_sparse_piece *p = &pieces[i];
+		struct bio *bio = bios[p->bio];
+		struct bio *clone;
+
+		p->b = &b;
+		p->status = BLK_STS_OK;
+		clone = bio_alloc_clone(lc->host_bdev, bio, GFP_NOIO, &loop_sparse_bs);
+		if (!clone) {
+			p->status = BLK_STS_RESOURCE;
+			continue;
+		}
+		bio_trim(clone, p->pos - dm_target_offset(lc->ti, bio->bi_iter.bi_sector),
+			 p->len);
+		clone->bi_opf = REQ_OP_WRITE | REQ_SYNC |
+				(p->unwritten ? 0 : bio->bi_opf & REQ_FUA);
+		clone->bi_iter.bi_sector = p->host;
+		clone->bi_private = p;
+		clone->bi_end_io = loop_sparse_piece_end;
+		atomic_inc(&b.pending);
+		submit_bio(clone);
+	}
+	if (!atomic_dec_and_test(&b.pending))
+		wait_for_completion_io(&b.done);
+
+	for (i = 0; i < np; i++)
+		if (pieces[i].status)
+			status[pieces[i].bio] = blk_status_to_errno(pieces[i].status);
+	/* The unwritten pieces of the bios whose data all landed. */
+	for (i = 0; i < np; i++) {
+		if (!pieces[i].unwritten || status[pieces[i].bio])
+			continue;
+		maps[nm++] = (struct iomap){
+			.offset = lc->offset + ((loff_t)pieces[i].pos << SECTOR_SHIFT),
+			.length = (u64)pieces[i].len << SECTOR_SHIFT,
+		};
+	}
+	if (!nm)
+		goto out;
+	r = blkdev_issue_flush(lc->host_bdev);
+	if (!r)
+		r = dmloop_commit_blocks(file_inode(lc->file), maps, nm);
+	for (i = 0; i < np; i++) {
+		struct loop_sparse_piece *p = &pieces[i];
+
+		if (!p->unwritten || status[p->bio])
+			continue;
+		/* Not converted, or not in the table: reads may see zeros. */
+		if (!r)
+			r = loop_table_set(lc, p->pos, p->len, p->host);
+		if (r)
+			status[p->bio] = r;
+	}
+out:
+	kvfree(maps);
+	kvfree(pieces);
+}
+
+/* Bios the worker takes at once: one flush and one commit for them all. */
+#define LOOP_SPARSE_BATCH	32
+
+/*
+ * The device's worker for writes into holes and unwritten ranges: up to
+ * LOOP_SPARSE_BATCH of them at a time, in one batch; a bio that writes
+ * part of an unwritten block is done on its own, after the batch
+ * (loop_sparse_write()).  NOIO: the filesystem's allocations must not
  * recurse into writeback that may be waiting for this very device.
  */
 void loop_sparse_work(struct work_struct *work)
 {
 	struct loop_c *lc = container_of(work, struct loop_c, sparse_work);
 	unsigned int noio = memalloc_noio_save();
-	struct bio *bio;
-	int r;
+	struct bio *bios[LOOP_SPARSE_BATCH];
+	int status[LOOP_SPARSE_BATCH];
+	unsigned int nr, i;
 
 	for (;;) {
 		spin_lock_irq(&lc->lock);
-		bio = bio_list_pop(&lc->pending);
+		for (nr = 0; nr < LOOP_SPARSE_BATCH; nr++) {
+			bios[nr] = bio_list_pop(&lc->pending);
+			if (!bios[nr])
+				break;
+			status[nr] = 0;
+		}
 		spin_unlock_irq(&lc->lock);
-		if (!bio)
+		if (!nr)
 			break;
 		mutex_lock(&lc->alloc_lock);
-		r = loop_sparse_write(lc, bio);
+		loop_sparse_batch(lc, bios, status, nr);
+		for (i = 0; i < nr; i++)
+			if (status[i] == -EAGAIN)
+				status[i] = loop_sparse_write(lc, bios[i]);
 		mutex_unlock(&lc->alloc_lock);
-		if (r) {
-			DMERR_LIMIT("%s: write into a hole at sector %llu failed: %d",
-				    lc->path, (unsigned long long)bio->bi_iter.bi_sector, r);
-			loop_stat_inc(lc, errors);
-			bio->bi_status = errno_to_blk_status(r);
+		for (i = 0; i < nr; i++) {
+			if (status[i]) {
+				DMERR_LIMIT("%s: write into a hole at sector %llu failed: %d",
+					    lc->path,
+					    (unsigned long long)bios[i]->bi_iter.bi_sector,
+					    status[i]);
+				loop_stat_inc(lc, errors);
+				bios[i]->bi_status = errno_to_blk_status(status[i]);
+			}
+			bio_endio(bios[i]);
 		}
-		bio_endio(bio);
 		cond_resched();
 	}
 	memalloc_noio_restore(noio);
