@@ -130,9 +130,14 @@ static inline void dmloop_vm_flags_set(struct vm_area_struct *vma, vm_flags_t fl
 #if __has_include(<linux/exportfs_block.h>)
 #include <linux/exportfs_block.h>
 
+/* Only with CONFIG_EXPORTFS_BLOCK_OPS has export_operations a block_ops. */
 static inline const struct exportfs_block_ops *dmloop_block_ops(struct super_block *sb)
 {
+#ifdef CONFIG_EXPORTFS_BLOCK_OPS
 	return sb->s_export_op ? sb->s_export_op->block_ops : NULL;
+#else
+	return NULL;
+#endif
 }
 
 static inline bool dmloop_has_block_ops(struct super_block *sb)
@@ -153,7 +158,10 @@ static inline int dmloop_map_blocks(struct inode *inode, loff_t offset, u64 len,
 
 static inline int dmloop_commit_blocks(struct inode *inode, struct iomap *maps, int nr)
 {
-	return dmloop_block_ops(inode->i_sb)->commit_blocks(inode, maps, nr, 0);
+	/* A variable, not 0: an iattr pointer here would not build. */
+	loff_t no_new_size = 0;
+
+	return dmloop_block_ops(inode->i_sb)->commit_blocks(inode, maps, nr, no_new_size);
 }
 #else
 #include <linux/exportfs.h>

@@ -609,6 +609,15 @@ int loop_block_setup(struct loop_c *lc)
 	inode_unlock(inode);
 	/* Frozen before the barrier or after: a thaw may have let one in. */
 	frozen |= loop_sb_frozen(inode->i_sb);
+	/*
+	 * The constructor checked the size before the pin: a truncate since
+	 * would leave blocks past EOF, which commit_blocks() never converts.
+	 */
+	if (lc->offset + ((loff_t)lc->ti->len << SECTOR_SHIFT) > i_size_read(inode)) {
+		lc->ti->error = "Device length reaches past end of file";
+		r = -EINVAL;
+		goto bad;
+	}
 	if (!reloading && frozen) {
 		lc->reason = LOOP_REASON_FROZEN;
 		goto bad;
@@ -661,6 +670,7 @@ int loop_block_setup(struct loop_c *lc)
 		goto bad;
 	}
 	lc->sparse = loop_buf_sparse(&buf);
+	lc->refresh = lc->sparse && reloading;
 
 	/* The last block may reach past the device's end. */
 	buf.v[buf.nr - 1].len = lc->ti->len - buf.v[buf.nr - 1].dev_sector;
@@ -674,10 +684,6 @@ int loop_block_setup(struct loop_c *lc)
 	kvfree(buf.v);
 	loop_table_count(t);
 	RCU_INIT_POINTER(lc->table, t);
-	if (lc->sparse) {
-		mutex_init(&lc->alloc_lock);
-		INIT_WORK(&lc->sparse_work, loop_sparse_work);
-	}
 
 	lc->ti->num_flush_bios = 1;
 	return 0;
@@ -692,6 +698,7 @@ out:
 	kvfree(seen.v);
 	kvfree(buf.v);
 	lc->host_bdev = NULL;
+	lc->sparse = false;
 	/* 1 (file mode) only with a reason; a filesystem's errno stays one. */
 	if (r > 0 && lc->reason == LOOP_REASON_NONE) {
 		lc->ti->error = "Cannot read the file's layout";
@@ -702,8 +709,6 @@ out:
 
 void loop_block_teardown(struct loop_c *lc)
 {
-	if (lc->sparse)
-		loop_sparse_teardown(lc);
 	if (lc->pinned)
 		invalidate_inode_pages2(lc->file->f_mapping);
 	loop_inode_unpin(lc);

@@ -52,7 +52,7 @@ struct loop_table *loop_table_alloc(unsigned int nr)
 {
 	struct loop_table *t;
 
-	t = kvzalloc(struct_size(t, v, nr), GFP_NOIO);
+	t = kvmalloc(struct_size(t, v, nr), GFP_NOIO);
 	if (t)
 		t->nr = nr;
 	return t;
@@ -96,15 +96,13 @@ static void loop_table_free_rcu(struct rcu_head *rcu)
 }
 
 /*
- * Give the device sectors [@start, @start + @len) the state and host
- * sectors of @host (LOOP_EXT_* bits included; a hole's host is
- * LOOP_EXT_HOLE alone), and publish the new table.  Under lc->alloc_lock.
+ * A copy of @old where device sectors [@start, @start + @len) have the
+ * state and host sectors of @host (LOOP_EXT_* bits included; a hole's
+ * host is LOOP_EXT_HOLE alone), or NULL.
  */
-static int loop_table_set(struct loop_c *lc, sector_t start, sector_t len,
-			  sector_t host)
+static struct loop_table *loop_table_apply(const struct loop_table *old, sector_t start,
+					   sector_t len, sector_t host)
 {
-	struct loop_table *old = rcu_dereference_protected(lc->table,
-					lockdep_is_held(&lc->alloc_lock));
 	sector_t end = start + len;
 	struct loop_table *t;
 	struct loop_extent *o;
@@ -112,7 +110,7 @@ static int loop_table_set(struct loop_c *lc, sector_t start, sector_t len,
 
 	t = loop_table_alloc(old->nr + 2);
 	if (!t)
-		return -ENOMEM;
+		return NULL;
 	t->nr = 0;
 	for (i = 0; i < old->nr; i++) {
 		const struct loop_extent *e = &old->v[i];
@@ -150,9 +148,31 @@ static int loop_table_set(struct loop_c *lc, sector_t start, sector_t len,
 		}
 	}
 	loop_table_count(t);
+	return t;
+}
+
+/* Make @t the live table.  Under lc->alloc_lock. */
+static void loop_table_publish(struct loop_c *lc, struct loop_table *t)
+{
+	struct loop_table *old = rcu_dereference_protected(lc->table,
+					lockdep_is_held(&lc->alloc_lock));
+
 	loop_table_account(old, t);
 	rcu_assign_pointer(lc->table, t);
 	call_rcu(&old->rcu, loop_table_free_rcu);
+}
+
+/* loop_table_apply() to the live table, and publish.  Under lc->alloc_lock. */
+static int loop_table_set(struct loop_c *lc, sector_t start, sector_t len,
+			  sector_t host)
+{
+	struct loop_table *t;
+
+	t = loop_table_apply(rcu_dereference_protected(lc->table,
+				lockdep_is_held(&lc->alloc_lock)), start, len, host);
+	if (!t)
+		return -ENOMEM;
+	loop_table_publish(lc, t);
 	return 0;
 }
 
@@ -206,23 +226,31 @@ static int loop_sparse_alloc(struct loop_c *lc, const struct loop_extent *e,
 	int r;
 
 	r = dmloop_map_blocks(inode, off, (u64)(cend - cstart) << SECTOR_SHIFT, &iomap, true);
+	/* The chunk's reservation may not fit where the write alone does. */
+	if ((r == -ENOSPC || r == -EDQUOT) && (cstart != pos || cend != pos + len)) {
+		cstart = pos;
+		cend = pos + len;
+		off = want;
+		r = dmloop_map_blocks(inode, off, (u64)len << SECTOR_SHIFT, &iomap, true);
+	}
 	if (r)
 		return r;
 	/*
-	 * What we asked for, from its start: unwritten blocks on our disk
-	 * that hold @pos.  Anything else (written blocks in what the table
-	 * knows as a hole, or another device) means the table and the
-	 * filesystem disagree: no write goes anywhere then.
+	 * Unwritten blocks on our disk from where we asked, as far as the
+	 * filesystem got (one extent: free space may be fragmented, and the
+	 * caller asks again for the rest).  Anything else (written blocks in
+	 * what the table knows as a hole, or another device) means the table
+	 * and the filesystem disagree: no write goes anywhere then.
 	 */
 	from = max_t(loff_t, iomap.offset, off);
 	to = min_t(loff_t, iomap.offset + iomap.length,
 		   lc->offset + ((loff_t)cend << SECTOR_SHIFT));
 	if (iomap.type != IOMAP_UNWRITTEN || iomap.addr == IOMAP_NULL_ADDR ||
-	    iomap.bdev != lc->host_bdev || from > want || to <= want ||
+	    iomap.bdev != lc->host_bdev || from != off || to <= from ||
 	    ((iomap.addr | iomap.offset | iomap.length) & (SECTOR_SIZE - 1)) ||
 	    iomap.addr + (to - iomap.offset) > bdev_nr_bytes(lc->host_bdev)) {
 		DMERR_LIMIT("%s: map_blocks gave type %u at byte %lld+%llu for byte %lld",
-			    lc->path, iomap.type, iomap.offset, iomap.length, want);
+			    lc->path, iomap.type, iomap.offset, iomap.length, off);
 		return -EIO;
 	}
 	host = (iomap.addr + (from - iomap.offset)) >> SECTOR_SHIFT;
@@ -399,6 +427,7 @@ static void loop_sparse_batch(struct loop_c *lc, struct bio **bios, int *status,
 {
 	struct loop_sparse_batch b;
 	struct loop_sparse_piece *pieces;
+	struct loop_table *t;
 	struct iomap *maps;
 	unsigned int i, np = 0, nm = 0;
 	int r;
@@ -479,17 +508,27 @@ static void loop_sparse_batch(struct loop_c *lc, struct bio **bios, int *status,
 	r = blkdev_issue_flush(lc->host_bdev);
 	if (!r)
 		r = dmloop_commit_blocks(file_inode(lc->file), maps, nm);
-	for (i = 0; i < np; i++) {
+	/* All the batch's ranges in one new table, published once. */
+	t = rcu_dereference_protected(lc->table, lockdep_is_held(&lc->alloc_lock));
+	for (i = 0; !r && i < np; i++) {
 		struct loop_sparse_piece *p = &pieces[i];
+		struct loop_table *next;
 
 		if (!p->unwritten || status[p->bio])
 			continue;
-		/* Not converted, or not in the table: reads may see zeros. */
-		if (!r)
-			r = loop_table_set(lc, p->pos, p->len, p->host);
-		if (r)
-			status[p->bio] = r;
+		next = loop_table_apply(t, p->pos, p->len, p->host);
+		if (t != rcu_access_pointer(lc->table))
+			kvfree(t);
+		t = next;
+		if (!t)
+			r = -ENOMEM;
 	}
+	if (!r && t != rcu_access_pointer(lc->table))
+		loop_table_publish(lc, t);
+	/* Not converted, or not in the table: reads may see zeros. */
+	for (i = 0; r && i < np; i++)
+		if (pieces[i].unwritten && !status[pieces[i].bio])
+			status[pieces[i].bio] = r;
 out:
 	kvfree(maps);
 	kvfree(pieces);
@@ -554,7 +593,7 @@ void loop_sparse_work(struct work_struct *work)
  * one else changes the file, and this is the layout from then on.  0, or
  * an error (ti->error set).
  */
-int loop_sparse_refresh(struct loop_c *lc)
+static int loop_sparse_do_refresh(struct loop_c *lc)
 {
 	struct inode *inode = file_inode(lc->file);
 	u64 host_bytes = bdev_nr_bytes(lc->host_bdev);
@@ -645,6 +684,16 @@ int loop_sparse_refresh(struct loop_c *lc)
 nomem:
 	lc->ti->error = "Cannot allocate extent table";
 	return -ENOMEM;
+}
+
+/* The device is suspended: its own swap or writeback must not wait on us. */
+int loop_sparse_refresh(struct loop_c *lc)
+{
+	unsigned int noio = memalloc_noio_save();
+	int r = loop_sparse_do_refresh(lc);
+
+	memalloc_noio_restore(noio);
+	return r;
 }
 
 int loop_sparse_init(void)

@@ -400,6 +400,9 @@ static void loop_dtr(struct dm_target *ti)
 {
 	struct loop_c *lc = ti->private;
 
+	/* The worker may still replace the table (and count it) after dm's last bio. */
+	if (lc->sparse)
+		loop_sparse_teardown(lc);
 	if (lc->id) {
 		loop_debugfs_remove(lc);
 		loop_account(lc, -1);
@@ -448,6 +451,8 @@ static int loop_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	spin_lock_init(&lc->lock);
 	init_waitqueue_head(&lc->drain);
 	bio_list_init(&lc->pending);
+	mutex_init(&lc->alloc_lock);
+	INIT_WORK(&lc->sparse_work, loop_sparse_work);
 	INIT_LIST_HEAD(&lc->stack_node);
 	ti->private = lc;
 
@@ -677,17 +682,23 @@ static void loop_resume(struct dm_target *ti)
 }
 
 /*
- * A sparse table may have been walked beside a live table that still
- * wrote into holes: it takes the file's layout as it is now, with the live
- * one suspended.  A failure keeps the device suspended.
+ * A sparse table loaded beside a live one (a reload) was walked while the
+ * live one could still write into holes: before its first resume, with
+ * the live one suspended, it takes the file's layout as it is now.  A
+ * failure keeps the device suspended (and the next resume tries again).
  */
 static int loop_preresume(struct dm_target *ti)
 {
 	struct loop_c *lc = ti->private;
 
-	if (lc->mode == LOOP_MODE_BLOCK && lc->sparse)
-		return loop_sparse_refresh(lc);
-	return 0;
+	int r;
+
+	if (lc->mode != LOOP_MODE_BLOCK || !lc->refresh)
+		return 0;
+	r = loop_sparse_refresh(lc);
+	if (!r)
+		lc->refresh = false;
+	return r;
 }
 
 static void loop_io_hints(struct dm_target *ti, struct queue_limits *limits)

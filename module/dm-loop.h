@@ -154,6 +154,7 @@ struct loop_c {
 	bool pinned;
 	/* sparse: holes and unwritten ranges allowed (XFS, dm-loop-sparse.c) */
 	bool sparse;
+	bool refresh;			/* loaded beside a live table: see preresume */
 	struct mutex alloc_lock;	/* the one writer of a sparse table */
 	struct work_struct sparse_work;	/* writes into holes and unwritten */
 
@@ -162,7 +163,7 @@ struct loop_c {
 	bool use_dio;
 	unsigned int dio_align;
 	spinlock_t lock;		/* inflight, pending and the workers' busy */
-	/* (a sparse block-mode table uses pending and inflight too) */
+	/* (a sparse block-mode table's worker uses pending too) */
 	unsigned int inflight;		/* bios not yet fully ended */
 	wait_queue_head_t drain;	/* the destructor waits for inflight 0 */
 	struct bio_list pending;	/* for the workers, oldest first */
