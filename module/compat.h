@@ -127,7 +127,7 @@ static inline void dmloop_vm_flags_set(struct vm_area_struct *vma, vm_flags_t fl
  * inode's new times in an iattr; since then the filesystem sets them and
  * takes a new size, 0 for none (it only ever grows the file).
  */
-#if __has_include(<linux/exportfs_block.h>)
+#if __has_include("linux/exportfs_block.h")
 #include <linux/exportfs_block.h>
 
 /* Only with CONFIG_EXPORTFS_BLOCK_OPS has export_operations a block_ops. */
@@ -187,7 +187,8 @@ static inline int dmloop_commit_blocks(struct inode *inode, struct iomap *maps, 
 		.ia_valid = ATTR_CTIME | ATTR_MTIME,
 	};
 
-	iattr.ia_ctime = iattr.ia_mtime = current_time(inode);
+	iattr.ia_ctime = current_time(inode);
+	iattr.ia_mtime = iattr.ia_ctime;
 	return inode->i_sb->s_export_op->commit_blocks(inode, maps, nr, &iattr);
 }
 #endif

@@ -166,10 +166,10 @@ static void loop_table_publish(struct loop_c *lc, struct loop_table *t)
 static int loop_table_set(struct loop_c *lc, sector_t start, sector_t len,
 			  sector_t host)
 {
-	struct loop_table *t;
+	struct loop_table *old = rcu_dereference_protected(lc->table,
+					lockdep_is_held(&lc->alloc_lock));
+	struct loop_table *t = loop_table_apply(old, start, len, host);
 
-	t = loop_table_apply(rcu_dereference_protected(lc->table,
-				lockdep_is_held(&lc->alloc_lock)), start, len, host);
 	if (!t)
 		return -ENOMEM;
 	loop_table_publish(lc, t);
