@@ -251,3 +251,15 @@ def assert_nothing_left(path=None):
     assert debugfs_instances() == [], debugfs_instances()
     if path is not None:
         assert write_probe(path) is None, "%s still refuses writes" % path
+
+
+def sparse_block_mode(fstype):
+    """True where a sparse or preallocated file gets block mode: XFS with
+    the pNFS block export operations (CONFIG_EXPORTFS_BLOCK_OPS; Debian's
+    6.1 and our 7.2 have them, our 6.12 and debug kernels do not)."""
+    if fstype != "xfs":
+        return False
+    if not dmloop.filesystem_available("xfs"):
+        dmloop.modprobe("xfs")
+    with open("/proc/kallsyms") as f:
+        return any(line.split()[2:3] == ["xfs_fs_map_blocks"] for line in f)
