@@ -748,8 +748,9 @@ def _reuse_or_rebuild(fs, layout, pl, state, prev_mode, k, row, t):
     (or SEEK_HOLE) shows it still is what its recipe stated; else (file
     mode wrote into its holes or unwritten or shared ranges: allowed) the
     recipe again, under a new name, in the same filesystem.  A block-mode
-    device must have left the layout as it was: that is asserted, not
-    rebuilt around.  Returns (state, FIEMAP runs or None, note)."""
+    device must have left the layout as it was (but one over holes and
+    unwritten ranges, "block-sparse", which fills them): that is asserted,
+    not rebuilt around.  Returns (state, FIEMAP runs or None, note)."""
     lay = state.lay
     build_path = pl.build_dir / lay.path.name
     why = None
@@ -764,7 +765,7 @@ def _reuse_or_rebuild(fs, layout, pl, state, prev_mode, k, row, t):
         except AssertionError as e:
             if prev_mode == "block":
                 raise AssertionError("the block-mode device changed the file's layout: %s" % e)
-            why = "built again (file-mode writes changed the layout: %s)" % (
+            why = "built again (writes into holes changed the layout: %s)" % (
                 str(e).split(":")[1].strip()[:60] if ":" in str(e) else e)
     if why is None:
         row.phase("recheck", t)
@@ -839,7 +840,7 @@ def run_cell(fs, layout, offsets, disk):
                 row.layout_check = note
                 prev_mode = None
                 run_offset(spec, state, pl, k, row, seed=1000 + 10 * LAYOUTS.index(layout) + k)
-                prev_mode = row.mode
+                prev_mode = row.mode if row.reason in ("-", "") or row.mode != "block" else "block-sparse"
                 row.result = "pass"
             except NotAvailable as e:
                 row.result, row.note = "not available", str(e)
