@@ -840,7 +840,9 @@ def run_cell(fs, layout, offsets, disk):
                 row.layout_check = note
                 prev_mode = None
                 run_offset(spec, state, pl, k, row, seed=1000 + 10 * LAYOUTS.index(layout) + k)
-                prev_mode = row.mode if row.reason in ("-", "") or row.mode != "block" else "block-sparse"
+                prev_mode = row.mode
+                if row.mode == "block" and row.reason not in ("-", ""):
+                    prev_mode = "block-sparse"
                 row.result = "pass"
             except NotAvailable as e:
                 row.result, row.note = "not available", str(e)
