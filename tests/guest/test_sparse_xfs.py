@@ -187,9 +187,9 @@ def test_preallocated_file_never_shows_the_secret():
             got = dmloop.read_bytes(dev, size, direct=True)
             assert SECRET not in got and got == want
             for i, off in enumerate((512, 4096 + 1024, 3 * MiB + 3584, 5 * MiB)):
-                data = b"new data %d " % i * 32
-                dmloop.write_bytes(dev, data[:512], offset=off, direct=True, fsync=True)
-                want[off:off + 512] = data[:512]
+                data = (b"new data %d " % i * 64)[:512]
+                dmloop.write_bytes(dev, data, offset=off, direct=True, fsync=True)
+                want[off:off + 512] = data
             dmloop.drop_caches()
             for direct in (True, False):
                 got = dmloop.read_bytes(dev, size, direct=direct)
