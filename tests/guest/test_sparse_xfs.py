@@ -269,9 +269,10 @@ def test_power_cut_keeps_what_a_flush_covered_and_never_shows_stale_data(tmp_pat
             dmloop.suspend("sx-host", "--nolockfs")
             dmloop.reload("sx-host", "0 %d flakey %s 0 0 3600 1 drop_writes" % (sectors, disk))
             dmloop.resume("sx-host")
+            # (No read-back here: the disk drops the data and keeps what it
+            # held, as any lying disk; what counts is what XFS finds after.)
             for off, data in lost:
                 dmloop.write_bytes(dev, data, offset=off, direct=True, fsync=True)
-                assert dmloop.read_bytes(dev, len(data), offset=off, direct=True) == data
         finally:
             dmloop.remove("sx")
         dmloop.umount(mp)
