@@ -127,7 +127,7 @@ static inline void dmloop_vm_flags_set(struct vm_area_struct *vma, vm_flags_t fl
  * inode's new times in an iattr; since then the filesystem sets them and
  * takes a new size, 0 for none (it only ever grows the file).
  */
-#if __has_include("linux/exportfs_block.h")
+#ifdef DMLOOP_EXPORTFS_BLOCK_H
 #include <linux/exportfs_block.h>
 
 /* Only with CONFIG_EXPORTFS_BLOCK_OPS has export_operations a block_ops. */

@@ -674,15 +674,13 @@ int loop_block_setup(struct loop_c *lc)
 
 	/* The last block may reach past the device's end. */
 	buf.v[buf.nr - 1].len = lc->ti->len - buf.v[buf.nr - 1].dev_sector;
-	t = loop_table_alloc(buf.nr);
+	t = loop_table_build(buf.v, buf.nr);
 	if (!t) {
 		lc->ti->error = "Cannot allocate extent table";
 		r = -ENOMEM;
 		goto bad;
 	}
-	memcpy(t->v, buf.v, buf.nr * sizeof(*t->v));
 	kvfree(buf.v);
-	loop_table_count(t);
 	RCU_INIT_POINTER(lc->table, t);
 
 	lc->ti->num_flush_bios = 1;
@@ -713,24 +711,8 @@ void loop_block_teardown(struct loop_c *lc)
 		invalidate_inode_pages2(lc->file->f_mapping);
 	loop_inode_unpin(lc);
 	/* No bio is left, nor map(): no reader of the table either. */
-	kvfree(rcu_dereference_protected(lc->table, 1));
+	loop_table_free(rcu_dereference_protected(lc->table, 1));
 	RCU_INIT_POINTER(lc->table, NULL);
-}
-
-/* The extent holding a target-relative sector; the table covers them all. */
-const struct loop_extent *loop_find_extent(const struct loop_table *t, sector_t sector)
-{
-	unsigned int lo = 0, hi = t->nr;
-
-	while (hi - lo > 1) {
-		unsigned int mid = lo + (hi - lo) / 2;
-
-		if (t->v[mid].dev_sector <= sector)
-			lo = mid;
-		else
-			hi = mid;
-	}
-	return &t->v[lo];
 }
 
 /* Extents in the live table (0 in file mode). */

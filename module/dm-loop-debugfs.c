@@ -21,7 +21,26 @@ static struct dentry *loop_debugfs_root;
 struct loop_extents_iter {
 	struct loop_c *lc;
 	const struct loop_table *t;
+	unsigned int idx;		/* the extent's index in the table */
+	unsigned int s;			/* its segment */
+	int i;				/* and its place there */
 };
+
+/* The iterator at extent @idx of it->t, or NULL past the end. */
+static void *loop_extents_seek(struct loop_extents_iter *it, loff_t idx)
+{
+	const struct loop_table *t = it->t;
+	unsigned int s;
+
+	if (!t || idx >= t->nr)
+		return NULL;
+	it->idx = idx;
+	for (s = 0; idx >= t->seg[s]->nr; s++)
+		idx -= t->seg[s]->nr;
+	it->s = s;
+	it->i = idx;
+	return (void *)&t->seg[s]->v[idx];
+}
 
 static void *loop_extents_start(struct seq_file *m, loff_t *pos)
 	__acquires(RCU)
@@ -32,7 +51,7 @@ static void *loop_extents_start(struct seq_file *m, loff_t *pos)
 	it->t = rcu_dereference(it->lc->table);
 	if (*pos == 0)
 		return SEQ_START_TOKEN;
-	return it->t && *pos <= it->t->nr ? (void *)&it->t->v[*pos - 1] : NULL;
+	return loop_extents_seek(it, *pos - 1);
 }
 
 static void *loop_extents_next(struct seq_file *m, void *v, loff_t *pos)
@@ -40,7 +59,15 @@ static void *loop_extents_next(struct seq_file *m, void *v, loff_t *pos)
 	struct loop_extents_iter *it = m->private;
 
 	++*pos;
-	return it->t && *pos <= it->t->nr ? (void *)&it->t->v[*pos - 1] : NULL;
+	if (*pos == 1 || !it->t || *pos > it->t->nr)
+		return loop_extents_seek(it, *pos - 1);
+	/* The next extent: in this segment, or first of the next one. */
+	it->idx++;
+	if (++it->i == it->t->seg[it->s]->nr) {
+		it->s++;
+		it->i = 0;
+	}
+	return (void *)&it->t->seg[it->s]->v[it->i];
 }
 
 static void loop_extents_stop(struct seq_file *m, void *v)
@@ -73,7 +100,7 @@ static int loop_extents_show(struct seq_file *m, void *v)
 			   it->t ? it->t->nr : 0, lc->sparse ? " state" : "");
 		return 0;
 	}
-	seq_printf(m, "%td %llu %llu %llu", e - it->t->v,
+	seq_printf(m, "%u %llu %llu %llu", it->idx,
 		   (unsigned long long)e->dev_sector, (unsigned long long)e->len,
 		   (unsigned long long)loop_ext_host(e));
 	if (lc->sparse)

@@ -48,28 +48,6 @@
 /* The worker's clones of a bio's data, sent to the host device. */
 static struct bio_set loop_sparse_bs;
 
-struct loop_table *loop_table_alloc(unsigned int nr)
-{
-	struct loop_table *t;
-
-	t = kvmalloc(struct_size(t, v, nr), GFP_NOIO);
-	if (t)
-		t->nr = nr;
-	return t;
-}
-
-void loop_table_count(struct loop_table *t)
-{
-	unsigned int i;
-
-	t->holes = 0;
-	t->unwritten = 0;
-	for (i = 0; i < t->nr; i++) {
-		t->holes += !!(t->v[i].host_sector & LOOP_EXT_HOLE);
-		t->unwritten += !!(t->v[i].host_sector & LOOP_EXT_UNWRITTEN);
-	}
-}
-
 /* XFS's pNFS contract, on a filesystem and a file that can use it. */
 bool loop_sparse_possible(struct loop_c *lc)
 {
@@ -90,67 +68,6 @@ int loop_sparse_probe(struct loop_c *lc)
 	return dmloop_map_blocks(inode, lc->offset, i_blocksize(inode), &iomap, false);
 }
 
-static void loop_table_free_rcu(struct rcu_head *rcu)
-{
-	kvfree(container_of(rcu, struct loop_table, rcu));
-}
-
-/*
- * A copy of @old where device sectors [@start, @start + @len) have the
- * state and host sectors of @host (LOOP_EXT_* bits included; a hole's
- * host is LOOP_EXT_HOLE alone), or NULL.
- */
-static struct loop_table *loop_table_apply(const struct loop_table *old, sector_t start,
-					   sector_t len, sector_t host)
-{
-	sector_t end = start + len;
-	struct loop_table *t;
-	struct loop_extent *o;
-	unsigned int i;
-
-	t = loop_table_alloc(old->nr + 2);
-	if (!t)
-		return NULL;
-	t->nr = 0;
-	for (i = 0; i < old->nr; i++) {
-		const struct loop_extent *e = &old->v[i];
-		sector_t e_end = e->dev_sector + e->len;
-		struct loop_extent piece[3];
-		unsigned int n = 0, k;
-
-		if (e_end <= start || e->dev_sector >= end) {
-			piece[n++] = *e;
-		} else {
-			if (e->dev_sector < start)
-				piece[n++] = (struct loop_extent){
-					e->dev_sector, e->host_sector, start - e->dev_sector };
-			if (e->dev_sector <= start)
-				piece[n++] = (struct loop_extent){ start, host, len };
-			if (e_end > end) {
-				sector_t skip = end - e->dev_sector;
-
-				piece[n++] = (struct loop_extent){ end,
-					e->host_sector & LOOP_EXT_HOLE ? e->host_sector :
-					e->host_sector + skip, e_end - end };
-			}
-		}
-		for (k = 0; k < n; k++) {
-			o = t->nr ? &t->v[t->nr - 1] : NULL;
-			/* Merge what the filesystem would call one extent. */
-			if (o && (o->host_sector & LOOP_EXT_STATE) ==
-				 (piece[k].host_sector & LOOP_EXT_STATE) &&
-			    (o->host_sector & LOOP_EXT_HOLE ||
-			     o->host_sector + o->len == piece[k].host_sector)) {
-				o->len += piece[k].len;
-				continue;
-			}
-			t->v[t->nr++] = piece[k];
-		}
-	}
-	loop_table_count(t);
-	return t;
-}
-
 /* Make @t the live table.  Under lc->alloc_lock. */
 static void loop_table_publish(struct loop_c *lc, struct loop_table *t)
 {
@@ -159,7 +76,7 @@ static void loop_table_publish(struct loop_c *lc, struct loop_table *t)
 
 	loop_table_account(old, t);
 	rcu_assign_pointer(lc->table, t);
-	call_rcu(&old->rcu, loop_table_free_rcu);
+	loop_table_retire(old, false);
 }
 
 /* loop_table_apply() to the live table, and publish.  Under lc->alloc_lock. */
@@ -427,7 +344,6 @@ static void loop_sparse_batch(struct loop_c *lc, struct bio **bios, int *status,
 {
 	struct loop_sparse_batch b;
 	struct loop_sparse_piece *pieces;
-	struct loop_table *t;
 	struct iomap *maps;
 	unsigned int i, np = 0, nm = 0;
 	int r;
@@ -508,23 +424,13 @@ static void loop_sparse_batch(struct loop_c *lc, struct bio **bios, int *status,
 	r = blkdev_issue_flush(lc->host_bdev);
 	if (!r)
 		r = dmloop_commit_blocks(file_inode(lc->file), maps, nm);
-	/* All the batch's ranges in one new table, published once. */
-	t = rcu_dereference_protected(lc->table, lockdep_is_held(&lc->alloc_lock));
+	/* Each range into the table: a segment and the index, each time. */
 	for (i = 0; !r && i < np; i++) {
 		struct loop_sparse_piece *p = &pieces[i];
-		struct loop_table *next;
 
-		if (!p->unwritten || status[p->bio])
-			continue;
-		next = loop_table_apply(t, p->pos, p->len, p->host);
-		if (t != rcu_access_pointer(lc->table))
-			kvfree(t);
-		t = next;
-		if (!t)
-			r = -ENOMEM;
+		if (p->unwritten && !status[p->bio])
+			r = loop_table_set(lc, p->pos, p->len, p->host);
 	}
-	if (!r && t != rcu_access_pointer(lc->table))
-		loop_table_publish(lc, t);
 	/* Not converted, or not in the table: reads may see zeros. */
 	for (i = 0; r && i < np; i++)
 		if (pieces[i].unwritten && !status[pieces[i].bio])
@@ -665,21 +571,17 @@ static int loop_sparse_do_refresh(struct loop_c *lc)
 		return r;
 	}
 	v[nr - 1].len = lc->ti->len - v[nr - 1].dev_sector;
-	t = loop_table_alloc(nr);
-	if (!t) {
-		kvfree(v);
-		goto nomem;
-	}
-	memcpy(t->v, v, nr * sizeof(*v));
+	t = loop_table_build(v, nr);
 	kvfree(v);
-	loop_table_count(t);
+	if (!t)
+		goto nomem;
 
 	mutex_lock(&lc->alloc_lock);
 	old = rcu_dereference_protected(lc->table, lockdep_is_held(&lc->alloc_lock));
 	loop_table_account(old, t);
 	rcu_assign_pointer(lc->table, t);
 	mutex_unlock(&lc->alloc_lock);
-	call_rcu(&old->rcu, loop_table_free_rcu);
+	loop_table_retire(old, true);
 	return 0;
 nomem:
 	lc->ti->error = "Cannot allocate extent table";

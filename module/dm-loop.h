@@ -108,16 +108,31 @@ static inline sector_t loop_ext_host(const struct loop_extent *e)
 }
 
 /*
- * A block-mode table: replaced whole under RCU when a sparse table's
- * ranges are allocated or written (lc->alloc_lock), read by map() under
- * rcu_read_lock() only.  @holes and @unwritten count such extents.
+ * A run of a table's extents (dm-loop-table.c): at most a page, never
+ * changed once a table has it.  @dead chains the segments a retired table
+ * frees; @embedded: allocated with its table.
+ */
+struct loop_seg {
+	struct loop_seg *dead;
+	unsigned int nr;
+	unsigned int embedded;
+	struct loop_extent v[];
+};
+
+/*
+ * A block-mode table: an index of segments, replaced under RCU when a
+ * sparse table's ranges are allocated or written (lc->alloc_lock), read by
+ * map() under rcu_read_lock() only.  @nr counts the extents, @holes and
+ * @unwritten those in such a state.
  */
 struct loop_table {
 	struct rcu_head rcu;
+	struct loop_seg *dead;
 	unsigned int nr;
 	unsigned int holes;
 	unsigned int unwritten;
-	struct loop_extent v[];
+	unsigned int nseg;
+	struct loop_seg *seg[];
 };
 
 struct loop_stats {
@@ -222,7 +237,6 @@ size_t loop_table_bytes(struct loop_c *lc);
 int loop_block_setup(struct loop_c *lc);
 void loop_block_teardown(struct loop_c *lc);
 int loop_block_map(struct dm_target *ti, struct bio *bio);
-const struct loop_extent *loop_find_extent(const struct loop_table *t, sector_t sector);
 unsigned int loop_nr_extents(struct loop_c *lc);
 void loop_table_account(struct loop_table *old, struct loop_table *new);
 
@@ -235,8 +249,14 @@ void loop_sparse_teardown(struct loop_c *lc);
 int loop_sparse_refresh(struct loop_c *lc);
 int loop_sparse_init(void);
 void loop_sparse_exit(void);
-struct loop_table *loop_table_alloc(unsigned int nr);
-void loop_table_count(struct loop_table *t);
+
+/* dm-loop-table.c */
+struct loop_table *loop_table_build(const struct loop_extent *v, unsigned int nr);
+void loop_table_free(struct loop_table *t);
+void loop_table_retire(struct loop_table *t, bool all);
+const struct loop_extent *loop_find_extent(const struct loop_table *t, sector_t sector);
+struct loop_table *loop_table_apply(struct loop_table *old, sector_t start, sector_t len,
+				    sector_t host);
 
 /* dm-loop-file.c */
 int loop_file_setup(struct loop_c *lc);
