@@ -671,6 +671,9 @@ int loop_block_setup(struct loop_c *lc)
 	}
 	lc->sparse = loop_buf_sparse(&buf);
 	lc->refresh = lc->sparse && reloading;
+	r = loop_inode_check_sparse(lc);
+	if (r)
+		goto bad;
 
 	/* The last block may reach past the device's end. */
 	buf.v[buf.nr - 1].len = lc->ti->len - buf.v[buf.nr - 1].dev_sector;

@@ -27,6 +27,7 @@ struct loop_inode {
 	struct inode *inode;
 	struct mapped_device *pin_owner;
 	unsigned int pins;
+	struct list_head pinners;	/* the pinning targets' pin_node */
 	unsigned int file_users;
 	gfp_t old_gfp_mask;
 };
@@ -47,6 +48,7 @@ static struct loop_inode *loop_inode_lookup(struct inode *inode, bool create)
 	li = kzalloc(sizeof(*li), GFP_KERNEL);
 	if (li) {
 		li->inode = inode;
+		INIT_LIST_HEAD(&li->pinners);
 		hash_add(loop_inodes, &li->node, (unsigned long)inode);
 	}
 	return li;
@@ -134,9 +136,39 @@ int loop_inode_pin(struct loop_c *lc)
 out_release:
 	loop_inode_release(li);
 out:
+	if (r >= 0)
+		list_add(&lc->pin_node, &li->pinners);
 	mutex_unlock(&loop_registry_lock);
 	if (r >= 0)
 		lc->pinned = true;
+	return r;
+}
+
+/*
+ * Each target over a sparse file has its own table of its ranges and
+ * allocates on its own (dm-loop-sparse.c): two in one table over the same
+ * file would write zeros over the rest of a block the other wrote, and
+ * read zeros where the other wrote.  So a sparse file backs one target of
+ * a table (a reload's new table and the live one take turns: see
+ * loop_sparse_refresh()).  0, or -EBUSY with ti->error set.
+ */
+int loop_inode_check_sparse(struct loop_c *lc)
+{
+	struct loop_inode *li;
+	struct loop_c *c;
+	int r = 0;
+
+	mutex_lock(&loop_registry_lock);
+	/* Pinned: the file has its entry, and lc is on its list. */
+	li = loop_inode_lookup(file_inode(lc->file), false);
+	list_for_each_entry(c, &li->pinners, pin_node) {
+		if (c != lc && c->ti->table == lc->ti->table && (c->sparse || lc->sparse)) {
+			lc->ti->error = "A sparse file can back only one target of a table";
+			r = -EBUSY;
+			break;
+		}
+	}
+	mutex_unlock(&loop_registry_lock);
 	return r;
 }
 
@@ -174,6 +206,7 @@ void loop_inode_unpin(struct loop_c *lc)
 	lc->pinned = false;
 
 	mutex_lock(&loop_registry_lock);
+	list_del_init(&lc->pin_node);
 	li = loop_inode_lookup(inode, false);
 	if (!WARN_ON_ONCE(!li || !li->pins) && !--li->pins) {
 		inode_lock(inode);

@@ -454,6 +454,7 @@ static int loop_ctr(struct dm_target *ti, unsigned int argc, char **argv)
 	mutex_init(&lc->alloc_lock);
 	INIT_WORK(&lc->sparse_work, loop_sparse_work);
 	INIT_LIST_HEAD(&lc->stack_node);
+	INIT_LIST_HEAD(&lc->pin_node);
 	ti->private = lc;
 
 	r = -EINVAL;

@@ -188,6 +188,7 @@ struct loop_c {
 	struct loop_worker *workers;	/* nr_workers of them, file mode only */
 
 	struct list_head stack_node;	/* loop_contexts, for loop_check_stack */
+	struct list_head pin_node;	/* the pinned file's targets */
 	unsigned int depth;		/* see loop_check_stack() */
 	const struct gendisk *file_disk; /* the file's filesystem's disk, or NULL */
 	bool file_on_dm;		/* ... a device-mapper disk */
@@ -274,6 +275,7 @@ void loop_inode_unpin(struct loop_c *lc);
 int loop_inode_use(struct loop_c *lc);
 void loop_inode_unuse(struct loop_c *lc);
 int loop_check_stack(struct loop_c *lc);
+int loop_inode_check_sparse(struct loop_c *lc);
 void loop_uncheck_stack(struct loop_c *lc);
 
 /* The disk of the file's filesystem: the real inode's, under overlayfs. */

@@ -20,8 +20,8 @@ import pytest
 
 import dmloop
 import filemode_util as fm
-from safety_util import (FIEMAP_EXTENT_UNWRITTEN, MiB, debugfs_info, fiemap, mount_source,
-                         read_host_blocks, status_fields, table, write_probe)
+from safety_util import (FIEMAP_EXTENT_UNWRITTEN, MiB, assert_refused, debugfs_info, fiemap,
+                         mount_source, read_host_blocks, status_fields, table, write_probe)
 from test_block_safety import SECRET, fill_free_space, small_fs
 
 KiB = 1 << 10
@@ -241,6 +241,35 @@ def test_a_table_of_many_extents_splits_and_merges_its_segments(scratch_fs):
     dmloop.drop_caches()
     assert dmloop.read_bytes(img, size) == want
     xfs_repair_clean(mp)
+
+
+def test_two_targets_of_one_table_cannot_share_a_sparse_file(scratch_fs):
+    """Each target has its own table of the file's ranges and allocates
+    on its own: two over one sparse file would each write zeros over the
+    rest of a block the other wrote, and read zeros where the other wrote.
+    A table with two targets over a sparse file is refused, and leaves
+    nothing pinned; over a fully written file, two targets still load."""
+    mp = scratch_fs("xfs", dev=dmloop.scratch_disk(0))
+    img = mp / "img"
+    size = 8 * MiB
+    make_file(img, size, "partial")
+    half = size // 2 // 512
+    two = "0 %d loop %s 0\n%d %d loop %s %d" % (half, img, half, half, img, size // 2)
+    assert_refused("sx", two, "A sparse file can back only one target of a table", "EBUSY")
+    assert write_probe(img) is None, "a refused table must leave the file unpinned"
+    # One target of it alone is fine, and so is a second device afterwards.
+    dmloop.create("sx", table(img, size))
+    dmloop.remove("sx")
+    full = mp / "full"
+    dmloop.write_random(full, size, seed=5, fsync=True)
+    dmloop.create("sx", "0 %d loop %s 0\n%d %d loop %s %d"
+                  % (half, full, half, half, full, size // 2))
+    try:
+        assert dmloop.status("sx").count(" loop ") == 2
+        want = dmloop.random_bytes(size, 5)
+        assert dmloop.read_bytes(DEV, size, direct=True) == want
+    finally:
+        dmloop.remove("sx")
 
 
 def test_preallocated_file_never_shows_the_secret():
