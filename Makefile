@@ -136,6 +136,7 @@ GUEST_KERNELS ?= $(if $(filter stock,$(KERNEL)),stock 6.12 7.2 debug,$(KERNEL))
 STOCK_SUITE ?= tests/guest/test_block_data.py tests/guest/test_introspection.py \
 	tests/guest/test_file_mode.py tests/guest/test_file_workers.py tests/guest/test_block_safety.py \
 	tests/guest/test_tables.py tests/guest/test_storage_path.py tests/guest/test_extent_walk.py \
+	tests/guest/test_sparse_xfs.py \
 	$(INSPECT_SUBSET) \
 	tests/guest/test_install.py::TestMakeInstall \
 	tests/guest/test_install.py::TestManifest \
@@ -215,6 +216,7 @@ PREBUILT_DESELECT ?= \
 	$(G)/test_extent_walk.py::test_more_than_50000_extents \
 	$(G)/test_extent_walk.py::test_unaligned_extents_on_1k_blocks
 DEBUG_SUBSET ?= \
+	$(G)/test_sparse_xfs.py \
 	$(G)/test_file_workers.py::test_reload_and_remove_race_the_workers \
 	$(G)/test_file_workers.py::test_workers_serve_a_deep_queue_in_parallel_and_no_more[four] \
 	$(G)/test_block_data.py::test_fragmented_file_maps_every_extent \

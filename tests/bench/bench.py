@@ -877,6 +877,100 @@ def scale(exe, n, disk2, workers=SCALE_WORKERS):
     return rows
 
 
+# ------------------------------------------------------------ sparse XFS
+# Block mode over a sparse file on XFS (issue 22): each repetition brings
+# every stack up over a new file and runs, in one fio process, a first
+# pass of 1 MiB writes over the whole device (what fills the file; not
+# time based), then 4 KiB random reads and writes at queue depth 32.
+# Stacks: block mode over a fully written file (the reference), block mode
+# over the sparse file, file mode (direct I/O) over the same sparse file.
+SPARSE_STACKS = ("full-block", "sparse-block", "sparse-file")
+SPARSE_WORKLOADS = (("fill-1M", "write", "1M", 32), RR32, RW32)
+
+
+def sparse_run(name, dev, size, runtime):
+    """fio's three jobs over dev: {(workload, qd): run}."""
+    lines = ["[global]", "filename=%s" % dev, "ioengine=libaio", "direct=1", "stonewall",
+             "randrepeat=0", "norandommap", "size=%d" % size, "group_reporting"]
+    for wl, rw, bs, qd in SPARSE_WORKLOADS:
+        lines += ["[%s]" % wl, "rw=%s" % rw, "bs=%s" % bs, "iodepth=%d" % qd]
+        if not wl.startswith("fill"):
+            lines += ["time_based", "runtime=%d" % runtime]
+    job = "/tmp/bench-sparse.fio"
+    with open(job, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    t0 = busy_jiffies()
+    p = sh(["fio", "--output-format=json", job], check=False, timeout=3600)
+    busy = busy_jiffies() - t0
+    try:
+        jobs = json.loads(p.stdout[p.stdout.index("{"):])["jobs"]
+    except ValueError:
+        raise RuntimeError("fio failed (%d): %s" % (p.returncode, p.stderr.strip()[-800:]))
+    out = {}
+    for j, (wl, _, _, qd) in zip(jobs, SPARSE_WORKLOADS):
+        ios = j["read"]["total_ios"] + j["write"]["total_ios"]
+        if j.get("error") or not ios:
+            raise RuntimeError("fio job %s: error %s, %d I/Os" % (wl, j.get("error"), ios))
+        out[(wl, qd)] = {"mib_s": (j["read"]["bw_bytes"] + j["write"]["bw_bytes"]) / MiB,
+                         "iops": j["read"]["iops"] + j["write"]["iops"],
+                         # the whole fio run's busy time, over every job's I/Os
+                         "cpu_us_per_io": None}
+    total = sum(j["read"]["total_ios"] + j["write"]["total_ios"] for j in jobs)
+    for r in out.values():
+        r["cpu_us_per_io"] = busy / os.sysconf("SC_CLK_TCK") * 1e6 / total
+    return out
+
+
+def sparse_phase(disk, size, reps, runtime):
+    """The sparse XFS group's rows (as rows_json gives them); a failed
+    stack is in ERRORS ("sparse-STACK: ..."), with no rows."""
+    mnt = MNT + "-xfs"
+    os.makedirs(mnt, exist_ok=True)
+    sh(["mkfs.xfs", "-f", "-q", disk])
+    sh(["mount", disk, mnt])
+    res, bad = {}, {}
+    full, img = os.path.join(mnt, "full"), os.path.join(mnt, "sparse")
+    try:
+        write_file(full, size)
+        for rep in range(reps):
+            rot = SPARSE_STACKS[rep % 3:] + SPARSE_STACKS[:rep % 3]
+            for st in rot:
+                if st in bad:
+                    continue
+                name = "b-" + st
+                try:
+                    path = full
+                    if st != "full-block":
+                        sh(["rm", "-f", img])
+                        with open(img, "wb") as f:
+                            f.truncate(size)
+                        path = img
+                    opts = " 1 force_file" if st == "sparse-file" else ""
+                    dev = dm_create(name, "0 %d loop %s 0%s" % (size // 512, path, opts))
+                    try:
+                        status = sh(["dmsetup", "status", name]).stdout.split()
+                        want = ("file" if st == "sparse-file" else "block")
+                        if status[3] != want or (st == "sparse-block" and
+                                                 not status[4].startswith("holes:")):
+                            raise RuntimeError("status %s: not %s mode%s" % (
+                                " ".join(status[3:5]), want,
+                                " with holes" if st == "sparse-block" else ""))
+                        for k, run in sparse_run(st, dev, size, runtime).items():
+                            res.setdefault(k, {}).setdefault(st, []).append(run)
+                    finally:
+                        dm_remove(name)
+                except Exception as e:
+                    bad[st] = str(e)
+                    log("sparse %s FAILED: %s" % (st, e))
+            log("bench: sparse repetition %d done" % (rep + 1))
+    finally:
+        sh(["umount", mnt], check=False)
+    for st, err in bad.items():
+        ERRORS.append("sparse-%s: %s" % (st, err))
+    return [{"stack": st, "workload": wl, "qd": qd, "runs": runs}
+            for (wl, qd), by in res.items() for st, runs in by.items() if st not in bad]
+
+
 def module_id(ko):
     """Which module the run measured: its path and the start of its SHA-1."""
     import hashlib
@@ -899,7 +993,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(REPO, "build", "bench"))
     ap.add_argument("--scale-exe", default=os.path.join(REPO, "build", "bench", "scale"))
-    ap.add_argument("--only", default="fio,brd,uring,setup,scale",
+    ap.add_argument("--only", default="fio,brd,uring,setup,sparse,scale",
                     help="comma-separated phases to run (for development)")
     ap.add_argument("--ko", default=KO, help="the dm-loop module to insmod "
                     "(default: $DMLOOP_KO or module/dm-loop.ko)")
@@ -920,7 +1014,8 @@ def main():
            "runtime_s": m["runtime"], "brd_runtime_s": m["brd_runtime"], "file_size": size,
            "cpus": os.cpu_count(), "mem_kb": int(open("/proc/meminfo").readline().split()[1]),
            "module": module_id(a.ko),
-           "fio": [], "brd": [], "uring": [], "setup": [], "scale": [], "complete": False,
+           "fio": [], "brd": [], "uring": [], "setup": [], "sparse": [], "scale": [],
+           "complete": False,
            # what the run set out to measure, so that the report can tell
            # a missing row from one never planned
            "plan": {"workloads": ["%s qd%d" % (w[0], w[3]) for w in m["workloads"]]
@@ -929,6 +1024,8 @@ def main():
                     "uring": ["%s qd%d" % (w[0], w[3]) for w in m["uring"]]
                     if "uring" in only else [],
                     "setup": len(m["setup"]) if "setup" in only else 0,
+                    "sparse": ["%s qd%d" % (w[0], w[3]) for w in SPARSE_WORKLOADS]
+                    if "sparse" in only else [],
                     "scale_n": m["scale_n"] if "scale" in only else 0,
                     # file mode with one worker a device beside the default
                     "w1": True}}
@@ -986,6 +1083,9 @@ def main():
             brd_cleanup()
         sh(["rm", "-f", img], check=False)
     sh(["umount", MNT], check=False)
+    if "sparse" in only:
+        with phase("sparse"):
+            out["sparse"] = sparse_phase(disk, size, m["reps"], m["runtime"])
     if "scale" in only:
         with phase("scale"):
             out["scale"] = scale(a.scale_exe, m["scale_n"], disk2)

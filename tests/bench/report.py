@@ -31,8 +31,13 @@ BRD_STACKS = ["dmloop-block", "dmloop-dio", "loop-buf", "loop-dio", "file"]
 # the default, in runs whose plan says "w1".
 W1_STACKS = ["dmloop-dio-w1", "dmloop-buf-w1"]
 ORDER = ["linear", "dmloop-block", "dmloop-dio", "dmloop-dio-w1", "dmloop-buf", "dmloop-buf-w1",
-         "loop-buf", "loop-dio", "file"]
+         "loop-buf", "loop-dio", "file", "full-block", "sparse-block", "sparse-file"]
 URING_STACKS = ["linear", "dmloop-block"]
+# Block mode over a sparse XFS file (bench.py's sparse phase), next to
+# block mode over a fully written file and file mode over the same sparse
+# file.
+SPARSE_STACKS = ["full-block", "sparse-block", "sparse-file"]
+SPARSE_REFS = ("full-block", "sparse-file")
 URING_ENGINE = "io_uring"
 SCALE_KINDS = ["linear", "loop", "losetup"]
 VM_EXITS = {90: "kernel fault in the guest log", 91: "guest timed out",
@@ -301,6 +306,18 @@ def targets(raw, fs, brd):
                     ratio(src.get((st, wl, qd)), src.get((st + "-w1", wl, qd))))
                    for tag, src in (("fio", fs), ("brd", brd))
                    for (st, wl, qd) in src if st in ("dmloop-dio", "dmloop-buf")], 0.95)
+    sp = {(e["stack"], e["workload"], e["qd"]): e["runs"] for e in raw.get("sparse", [])}
+
+    def sparse_ratios(ref, workloads):
+        return [(wl, qd, ratio(sp.get(("sparse-block", wl, qd)), sp.get((ref, wl, qd))))
+                for (st, wl, qd) in sp if st == ref and wl in workloads]
+    rand = ("randread-4k", "randwrite-4k")
+    ratios_target("sparse XFS file, after the first pass: 4 KiB qd32 >= 0.95x block mode "
+                  "over a fully written file", sparse_ratios("full-block", rand), 0.95)
+    ratios_target("sparse XFS file, after the first pass: 4 KiB qd32 >= 1.5x file mode "
+                  "on the same sparse file", sparse_ratios("sparse-file", rand), 1.5)
+    ratios_target("sparse XFS file: the first pass (1 MiB writes) >= 1.0x file mode "
+                  "with direct I/O", sparse_ratios("sparse-file", ("fill-1M",)), 1.0)
     sc = {s["kind"]: s for s in raw.get("scale", [])}
     if "loop" in sc and "linear" in sc:
         d_avail = sc["loop"]["mem_kb_per_dev"] - sc["linear"]["mem_kb_per_dev"]
@@ -358,6 +375,14 @@ def report(out, plot=True):
         for wl, qd, v, r in ur_ratios:
             text += ("\nblock/linear, %s qd%d %s: %.2f (per repetition %s).\n" % (
                 wl, qd, URING_ENGINE, r[0], ", ".join("%.2f" % x for x in v)))
+    sp_rows, _ = fio_rows(raw.get("sparse", []), SPARSE_REFS)
+    if sp_rows or (raw.get("plan") or {}).get("sparse"):
+        text += ("\n## Block mode over a sparse %d MiB file on XFS (libaio, O_DIRECT)\n\n"
+                 "Each repetition: a new file, a first pass of 1 MiB writes over all of it "
+                 "(fill-1M), then 4 KiB random reads and writes.  full-block: block mode over "
+                 "a fully written file; sparse-block: block mode over the sparse file; "
+                 "sparse-file: file mode (direct I/O) over the same sparse file.  "
+                 "cpu_us/io: the whole fio run's.\n\n" % mib + md_table(sp_rows))
     text += "\n## Setup cost (block mode, require_block; losetup is LOOP_CONFIGURE)\n\n"
     st_rows, st_keys = setup_rows(raw.get("setup", []))
     text += md_table(st_rows, st_keys)
@@ -380,7 +405,7 @@ def report(out, plot=True):
     with open(os.path.join(out, "bench.md"), "w") as f:
         f.write(text)
     fields = ["bench", "workload", "qd", "stack", "MiB/s", "min", "max", "IOPS", "cpu_us/io",
-              "x linear", "x loop-buf", "x loop-dio"]
+              "x linear", "x loop-buf", "x loop-dio", "x full-block", "x sparse-file"]
     with open(os.path.join(out, "bench.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
@@ -390,6 +415,8 @@ def report(out, plot=True):
             w.writerow(dict(r, bench="brd", workload="randrw-4k", qd=1))
         for e, r in zip(sorted_entries(raw.get("uring", [])), ur_rows):
             w.writerow(dict(r, bench=URING_ENGINE, workload=e["workload"], qd=e["qd"]))
+        for r in sp_rows:
+            w.writerow(dict(r, bench="sparse"))
     for name in ("setup", "scale"):
         data = raw.get(name) or []
         keys = all_keys(data) if data else ["none"]
@@ -464,6 +491,20 @@ def junit_cases(raw, vm_exit):
     if plan.get("uring"):           # bench.py's last group
         group("uring", bool(plan.get("workloads")) + bool(plan.get("brd")), URING_STACKS,
               raw.get("uring", []), plan["uring"])
+    if plan.get("sparse"):
+        by = {}
+        for e in raw.get("sparse", []):
+            by.setdefault(e["stack"], {})["%s qd%d" % (e["workload"], e["qd"])] = e["runs"]
+        for st in SPARSE_STACKS:
+            have = by.get(st, {})
+            miss = [w for w in plan["sparse"] if w not in have]
+            short = ["%s (%d of %d)" % (w, len(have[w]), reps) for w in plan["sparse"]
+                     if w in have and len(have[w]) < reps]
+            why = "; ".join(x for x in (errs("sparse-%s:" % st),
+                                        miss and "no rows for " + ", ".join(miss),
+                                        short and "missing repetitions: " + ", ".join(short))
+                            if x)
+            cases.append(("sparse[%s]" % st, why or None, ""))
     if plan.get("setup"):
         n = len(raw.get("setup", []))
         err = errs("setup")

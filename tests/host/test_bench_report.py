@@ -571,3 +571,85 @@ def test_workers_1_stacks_and_their_target(tmp_path, raw):
     broken["fio"] = [e for e in broken["fio"] if e["stack"] != "dmloop-buf-w1"]
     rc, cases = junit(tmp_path, broken)
     assert rc == 1 and "no rows" in cases["fio[dmloop-buf-w1]"], cases
+
+
+def with_sparse(raw):
+    """raw plus made-up rows for the sparse XFS group (the recorded run
+    predates it): MiB/s per repetition for each stack and workload."""
+    raw = json.loads(json.dumps(raw))
+    figures = {"full-block": {"fill-1M": [90, 100, 110], "randread-4k": [40, 50, 60],
+                              "randwrite-4k": [30, 40, 50]},
+               "sparse-block": {"fill-1M": [80, 90, 100], "randread-4k": [39, 49, 61],
+                                "randwrite-4k": [27, 41, 52]},
+               "sparse-file": {"fill-1M": [60, 70, 80], "randread-4k": [20, 25, 30],
+                               "randwrite-4k": [15, 20, 25]}}
+    raw["sparse"] = [{"stack": st, "workload": wl, "qd": 32,
+                      "runs": [{"mib_s": v, "iops": v * 256, "cpu_us_per_io": 10.0}
+                               for v in runs[:raw["reps"]]]}
+                     for st, by in figures.items() for wl, runs in by.items()]
+    raw.setdefault("plan", {})["sparse"] = ["fill-1M qd32", "randread-4k qd32",
+                                            "randwrite-4k qd32"]
+    return raw
+
+
+def test_sparse_rows_ratios_and_targets(tmp_path, raw):
+    """The sparse XFS table has each stack's rows with per-repetition ratios
+    to block mode over a full file and to file mode; its three targets are
+    decided from them; the CSV has the rows; JUnit counts the stacks."""
+    raw = with_sparse(raw)
+    p = run_report(tmp_path, raw)
+    assert p.returncode == 0, p.stderr
+    md = (tmp_path / "bench.md").read_text()
+    sec = md.split("## Block mode over a sparse", 1)[1].split("\n## ", 1)[0]
+    row = [l for l in sec.splitlines() if l.startswith("| randread-4k | 32 | sparse-block |")]
+    assert len(row) == 1, sec
+    n = raw["reps"]
+    want_full = statistics.median([a / b for a, b in zip([39, 49, 61][:n], [40, 50, 60][:n])])
+    want_file = statistics.median([a / b for a, b in zip([39, 49, 61][:n], [20, 25, 30][:n])])
+    assert row[0].rstrip(" |").endswith("| %.2f | %.2f" % (want_full, want_file))
+    tg = md.split("## Targets", 1)[1]
+    for name in ("4 KiB qd32 >= 0.95x block mode over a fully written file",
+                 "4 KiB qd32 >= 1.5x file mode on the same sparse file",
+                 "the first pass (1 MiB writes) >= 1.0x file mode with direct I/O"):
+        line = [l for l in tg.splitlines() if name in l]
+        assert len(line) == 1, tg
+    fill = [l for l in tg.splitlines() if "first pass (1 MiB" in l][0]
+    assert "| met |" in fill and "fill-1M qd32" in fill
+    rows = [r for r in read_csv(tmp_path / "bench.csv") if r["bench"] == "sparse"]
+    assert len(rows) == 9 and {r["stack"] for r in rows} == {
+        "full-block", "sparse-block", "sparse-file"}
+    rc, cases = junit(tmp_path, raw)
+    assert rc == 0, cases
+    assert all(cases["sparse[%s]" % st] is None
+               for st in ("full-block", "sparse-block", "sparse-file"))
+
+
+def test_junit_fails_a_missing_sparse_stack(tmp_path, raw):
+    raw = with_sparse(raw)
+    raw["sparse"] = [e for e in raw["sparse"] if e["stack"] != "sparse-block"]
+    raw["errors"] = ["sparse-sparse-block: status block -: not block mode with holes"]
+    rc, cases = junit(tmp_path, raw)
+    assert rc == 1
+    assert "not block mode with holes" in cases["sparse[sparse-block]"]
+    assert [c for c, f in cases.items() if f] == ["sparse[sparse-block]"]
+    raw = with_sparse(json.loads(RAW.read_text()))
+    raw["sparse"][0]["runs"] = raw["sparse"][0]["runs"][:1]
+    (tmp_path / "b").mkdir()
+    rc, cases = junit(tmp_path / "b", raw)
+    assert rc == 1 and "missing repetitions" in cases["sparse[full-block]"]
+
+
+def test_bench_plans_the_sparse_group():
+    """The sparse phase: the three stacks, a fill pass of 1 MiB writes
+    (not time based) then 4 KiB random reads and writes at queue depth 32,
+    in both modes by default."""
+    sys.path.insert(0, str(REPO / "tests" / "bench"))
+    try:
+        import bench
+    finally:
+        sys.path.pop(0)
+    assert bench.SPARSE_STACKS == ("full-block", "sparse-block", "sparse-file")
+    assert [(w[0], w[2], w[3]) for w in bench.SPARSE_WORKLOADS] == [
+        ("fill-1M", "1M", 32), ("randread-4k", "4k", 32), ("randwrite-4k", "4k", 32)]
+    src = (REPO / "tests" / "bench" / "bench.py").read_text()
+    assert 'default="fio,brd,uring,setup,sparse,scale"' in src
