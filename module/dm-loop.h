@@ -20,6 +20,8 @@
 #include <linux/wait.h>
 #include <linux/workqueue.h>
 
+struct iomap;
+
 #define DM_MSG_PREFIX "loop"
 #define DM_LOOP_VERSION "1.1.0"
 
@@ -172,6 +174,9 @@ struct loop_c {
 	bool refresh;			/* loaded beside a live table: see preresume */
 	struct mutex alloc_lock;	/* the one writer of a sparse table */
 	struct work_struct sparse_work;	/* writes into holes and unwritten */
+	/* written through the device, not yet converted (dm-loop-sparse.c) */
+	struct iomap *uncommitted;
+	unsigned int nr_uncommitted;	/* read by map() without the lock */
 
 	/* file mode */
 	bool file_user;
@@ -246,6 +251,8 @@ bool loop_sparse_possible(struct loop_c *lc);
 int loop_sparse_probe(struct loop_c *lc);
 int loop_sparse_map(struct loop_c *lc, struct bio *bio);
 void loop_sparse_work(struct work_struct *work);
+int loop_sparse_map_durable(struct loop_c *lc, struct bio *bio);
+void loop_sparse_postsuspend(struct loop_c *lc);
 void loop_sparse_teardown(struct loop_c *lc);
 int loop_sparse_refresh(struct loop_c *lc);
 int loop_sparse_init(void);

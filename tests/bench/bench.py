@@ -950,10 +950,11 @@ def sparse_phase(disk, size, reps, runtime):
                     try:
                         status = sh(["dmsetup", "status", name]).stdout.split()
                         want = ("file" if st == "sparse-file" else "block")
+                        # start length loop mode extents r w f splits reason
                         if status[3] != want or (st == "sparse-block" and
-                                                 not status[4].startswith("holes:")):
+                                                 not status[-1].startswith("holes:")):
                             raise RuntimeError("status %s: not %s mode%s" % (
-                                " ".join(status[3:5]), want,
+                                " ".join(status[3:]), want,
                                 " with holes" if st == "sparse-block" else ""))
                         for k, run in sparse_run(st, dev, size, runtime).items():
                             res.setdefault(k, {}).setdefault(st, []).append(run)

@@ -272,6 +272,82 @@ def test_two_targets_of_one_table_cannot_share_a_sparse_file(scratch_fs):
         dmloop.remove("sx")
 
 
+def unwritten_at(img, off, n):
+    """Whether XFS's FIEMAP calls any of file bytes [off, off + n) unwritten."""
+    return any(e.flags & FIEMAP_EXTENT_UNWRITTEN and e.logical < off + n and
+               e.logical + e.length > off for e in fiemap(img))
+
+
+def test_conversion_waits_for_a_flush(scratch_fs):
+    """A write into unwritten blocks completes before XFS converts them: a
+    block device owes durability only after a flush.  Until a flush the
+    range is listed (debugfs `uncommitted`), reads through the device see
+    the data, and FIEMAP still says unwritten; a flush (fsync of the
+    device), an O_DSYNC write, a suspend and the removal each convert
+    every listed range."""
+    mp = scratch_fs("xfs", dev=dmloop.scratch_disk(0))
+    img = mp / "img"
+    size = 8 * MiB
+    want = make_file(img, size, "prealloc")
+    dev = dmloop.create("sx", table(img, size))
+    try:
+        def write(off, n, seed, flags=0):
+            data = dmloop.random_bytes(n, seed)
+            buf = mmap.mmap(-1, n)
+            fd = os.open(dev, os.O_WRONLY | os.O_DIRECT | flags)
+            try:
+                buf[:] = data
+                assert os.pwrite(fd, buf, off) == n
+            finally:
+                os.close(fd)
+                buf.close()
+            want[off:off + n] = data
+
+        def uncommitted():
+            return int(debugfs_info("sx")["uncommitted"])
+
+        assert uncommitted() == 0
+        write(2 * MiB, 64 * KiB, 61)
+        assert uncommitted() == 1
+        assert unwritten_at(img, 2 * MiB, 64 * KiB), "converted before any flush"
+        assert dmloop.read_bytes(dev, size, direct=True) == want
+        fd = os.open(dev, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        assert uncommitted() == 0
+        assert not unwritten_at(img, 2 * MiB, 64 * KiB), "the flush did not convert"
+
+        # Two ranges, then an O_DSYNC write elsewhere (to written blocks).
+        write(4 * MiB, 4 * KiB, 62)
+        write(5 * MiB, 8 * KiB, 63)
+        assert uncommitted() == 2
+        write(0, 4 * KiB, 64, os.O_DSYNC)
+        assert uncommitted() == 0
+        assert not unwritten_at(img, 4 * MiB, 4 * KiB)
+        assert not unwritten_at(img, 5 * MiB, 8 * KiB)
+
+        # A suspend converts.
+        write(6 * MiB, 4 * KiB, 65)
+        assert uncommitted() == 1
+        dmloop.suspend("sx")
+        assert uncommitted() == 0
+        assert not unwritten_at(img, 6 * MiB, 4 * KiB)
+        dmloop.resume("sx")
+
+        # And so does the removal.
+        write(7 * MiB, 4 * KiB, 66)
+        assert uncommitted() == 1
+        assert dmloop.read_bytes(dev, size, direct=True) == want
+    finally:
+        dmloop.remove("sx")
+    assert not unwritten_at(img, 7 * MiB, 4 * KiB)
+    dmloop.drop_caches()
+    assert dmloop.read_bytes(img, size) == want
+    xfs_repair_clean(mp)
+
+
 def test_preallocated_file_never_shows_the_secret():
     """Free space filled with a secret, then a file preallocated over it:
     block mode; reads of the whole device, and partial-block writes (whose
