@@ -44,12 +44,18 @@
 #include "compat.h"
 
 /*
- * A hole is allocated in aligned chunks of this many sectors (4 MiB): one
- * synchronous allocation transaction is then shared by 4 writes of 1 MiB
- * or 1024 of 4 KiB, and what a chunk allocates beyond the write stays
- * unwritten (zeros, costing only the space an image would take when full).
+ * A hole is allocated in aligned chunks of at least 4 MiB: one synchronous
+ * allocation transaction (map_blocks() forces XFS's log) is then shared by
+ * 4 writes of 1 MiB or 1024 of 4 KiB, and what a chunk allocates beyond
+ * the write stays unwritten (zeros, costing only the space an image would
+ * take when full).  An allocation that starts where the last one ended (a
+ * file being filled in order) doubles the chunk, up to 64 MiB, as XFS's
+ * own speculative preallocation grows for a file written in order: a
+ * first pass over an image then pays a log force every 64 MiB, not every
+ * 4 MiB.  Any other allocation starts again at 4 MiB.
  */
 #define LOOP_SPARSE_CHUNK	((sector_t)8192)
+#define LOOP_SPARSE_CHUNK_MAX	((sector_t)131072)
 
 /*
  * Uncommitted ranges a device lists (contiguous ones merge into one); a
@@ -225,8 +231,11 @@ static int loop_sparse_alloc(struct loop_c *lc, const struct loop_extent *e,
 			     sector_t pos, sector_t len)
 {
 	struct inode *inode = file_inode(lc->file);
-	sector_t cstart = max(e->dev_sector, round_down(pos, LOOP_SPARSE_CHUNK));
-	sector_t cend = min(e->dev_sector + e->len, round_up(pos + len, LOOP_SPARSE_CHUNK));
+	sector_t chunk = pos == lc->alloc_next ?
+			 clamp(lc->alloc_chunk * 2, LOOP_SPARSE_CHUNK, LOOP_SPARSE_CHUNK_MAX) :
+			 LOOP_SPARSE_CHUNK;
+	sector_t cstart = max(e->dev_sector, round_down(pos, chunk));
+	sector_t cend = min(e->dev_sector + e->len, round_up(pos + len, chunk));
 	loff_t off = lc->offset + ((loff_t)cstart << SECTOR_SHIFT);
 	loff_t want = lc->offset + ((loff_t)pos << SECTOR_SHIFT);
 	loff_t from, to;
@@ -237,6 +246,7 @@ static int loop_sparse_alloc(struct loop_c *lc, const struct loop_extent *e,
 	r = dmloop_map_blocks(inode, off, (u64)(cend - cstart) << SECTOR_SHIFT, &iomap, true);
 	/* The chunk's reservation may not fit where the write alone does. */
 	if ((r == -ENOSPC || r == -EDQUOT) && (cstart != pos || cend != pos + len)) {
+		chunk = LOOP_SPARSE_CHUNK;
 		cstart = pos;
 		cend = pos + len;
 		off = want;
@@ -263,6 +273,8 @@ static int loop_sparse_alloc(struct loop_c *lc, const struct loop_extent *e,
 		return -EIO;
 	}
 	host = (iomap.addr + (from - iomap.offset)) >> SECTOR_SHIFT;
+	lc->alloc_next = (to - lc->offset) >> SECTOR_SHIFT;
+	lc->alloc_chunk = chunk;
 	return loop_table_set(lc, (from - lc->offset) >> SECTOR_SHIFT,
 			      (to - from) >> SECTOR_SHIFT, host | LOOP_EXT_UNWRITTEN);
 }

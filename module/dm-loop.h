@@ -173,6 +173,8 @@ struct loop_c {
 	bool sparse;
 	bool refresh;			/* loaded beside a live table: see preresume */
 	struct mutex alloc_lock;	/* the one writer of a sparse table */
+	sector_t alloc_next;		/* where the last allocation ended */
+	sector_t alloc_chunk;		/* and its chunk, in sectors */
 	struct work_struct sparse_work;	/* writes into holes and unwritten */
 	/* written through the device, not yet converted (dm-loop-sparse.c) */
 	struct iomap *uncommitted;
