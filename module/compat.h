@@ -128,6 +128,7 @@ static inline void dmloop_vm_flags_set(struct vm_area_struct *vma, vm_flags_t fl
  * takes a new size, 0 for none (it only ever grows the file).
  */
 #ifdef DMLOOP_EXPORTFS_BLOCK_H
+#include <linux/exportfs.h>
 #include <linux/exportfs_block.h>
 
 /* Only with CONFIG_EXPORTFS_BLOCK_OPS has export_operations a block_ops. */

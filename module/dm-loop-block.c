@@ -645,6 +645,21 @@ int loop_block_setup(struct loop_c *lc)
 		goto bad;
 	}
 
+	/*
+	 * A reload over this device's own pin, or a loader FIEMAP cannot
+	 * serve, on XFS with map_blocks(): XFS's own map, which needs no user
+	 * memory and cannot race the live table's writes into holes the way
+	 * FIEMAP and its witness would (a reload's table is read again at
+	 * preresume anyway).
+	 */
+	if ((reloading || !fiemap) && loop_sparse_possible(lc) && !loop_sparse_probe(lc)) {
+		r = loop_sparse_walk(lc, &t);
+		if (r)
+			goto bad;
+		lc->walk = LOOP_WALK_MAP_BLOCKS;
+		goto walked;
+	}
+
 	/* The walk that counts: under the pin, bmap() at every extent's ends. */
 	r = fiemap ? loop_walk_fiemap(lc, &buf, true) : LOOP_RET_NO_FIEMAP;
 	if (r == LOOP_RET_NO_FIEMAP) {
@@ -669,12 +684,6 @@ int loop_block_setup(struct loop_c *lc)
 		r = -EIO;
 		goto bad;
 	}
-	lc->sparse = loop_buf_sparse(&buf);
-	lc->refresh = lc->sparse && reloading;
-	r = loop_inode_check_sparse(lc);
-	if (r)
-		goto bad;
-
 	/* The last block may reach past the device's end. */
 	buf.v[buf.nr - 1].len = lc->ti->len - buf.v[buf.nr - 1].dev_sector;
 	t = loop_table_build(buf.v, buf.nr);
@@ -683,8 +692,22 @@ int loop_block_setup(struct loop_c *lc)
 		r = -ENOMEM;
 		goto bad;
 	}
-	kvfree(buf.v);
+walked:
+	lc->sparse = t->holes || t->unwritten;
+	lc->refresh = lc->sparse && reloading;
+	r = loop_inode_check_sparse(lc);
+	if (!r && lc->sparse)
+		r = loop_sparse_setup(lc);
+	if (r) {
+		if (r == -ENOMEM)
+			lc->ti->error = "Cannot allocate the sparse table's bio set";
+		loop_table_free(t);
+		lc->sparse = false;
+		goto bad;
+	}
 	RCU_INIT_POINTER(lc->table, t);
+	kvfree(seen.v);
+	kvfree(buf.v);
 
 	lc->ti->num_flush_bios = 1;
 	return 0;

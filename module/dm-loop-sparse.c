@@ -63,8 +63,55 @@
  */
 #define LOOP_SPARSE_UNCOMMITTED	128
 
-/* The worker's clones of a bio's data, sent to the host device. */
-static struct bio_set loop_sparse_bs;
+/*
+ * The worker's clones of a bio's data come from the device's own bio_set:
+ * stacked sparse devices must not wait on one pool, whose reserve the
+ * upper device's clones, in flight to the lower one, could hold.
+ */
+int loop_sparse_setup(struct loop_c *lc)
+{
+	int r;
+
+	lc->bs = kzalloc(sizeof(*lc->bs), GFP_KERNEL);
+	if (!lc->bs)
+		return -ENOMEM;
+	r = bioset_init(lc->bs, BIO_POOL_SIZE, 0, 0);
+	if (r) {
+		kfree(lc->bs);
+		lc->bs = NULL;
+	}
+	return r;
+}
+
+/*
+ * Write zeros over host sectors [@host, @host + @len), less than a file
+ * block, and wait: with a bio on the stack, from no shared pool.
+ */
+static int loop_sparse_zero(struct loop_c *lc, sector_t host, sector_t len)
+{
+	struct bio_vec bv[16];
+	struct bio bio;
+	int r = 0;
+
+	while (len && !r) {
+		unsigned int n = min_t(sector_t, len, ARRAY_SIZE(bv) * (PAGE_SIZE >> SECTOR_SHIFT));
+		unsigned int i, bytes = n << SECTOR_SHIFT;
+
+		bio_init(&bio, lc->host_bdev, bv, ARRAY_SIZE(bv), REQ_OP_WRITE | REQ_SYNC);
+		bio.bi_iter.bi_sector = host;
+		for (i = 0; bytes; i++) {
+			unsigned int k = min_t(unsigned int, bytes, PAGE_SIZE);
+
+			__bio_add_page(&bio, ZERO_PAGE(0), k, 0);
+			bytes -= k;
+		}
+		r = submit_bio_wait(&bio);
+		bio_uninit(&bio);
+		host += n;
+		len -= n;
+	}
+	return r;
+}
 
 /* A flush, or a write that must be durable when it completes. */
 static bool loop_bio_durable(const struct bio *bio)
@@ -257,14 +304,16 @@ static int loop_sparse_alloc(struct loop_c *lc, const struct loop_extent *e,
 	/*
 	 * Unwritten blocks on our disk from where we asked, as far as the
 	 * filesystem got (one extent: free space may be fragmented, and the
-	 * caller asks again for the rest).  Anything else (written blocks in
-	 * what the table knows as a hole, or another device) means the table
-	 * and the filesystem disagree: no write goes anywhere then.
+	 * caller asks again for the rest); or written ones, the file's own
+	 * data (a write converted whose table update then failed).  Anything
+	 * else (another device, no address) means the table and the
+	 * filesystem disagree: no write goes anywhere then.
 	 */
 	from = max_t(loff_t, iomap.offset, off);
 	to = min_t(loff_t, iomap.offset + iomap.length,
 		   lc->offset + ((loff_t)cend << SECTOR_SHIFT));
-	if (iomap.type != IOMAP_UNWRITTEN || iomap.addr == IOMAP_NULL_ADDR ||
+	if ((iomap.type != IOMAP_UNWRITTEN && iomap.type != IOMAP_MAPPED) ||
+	    iomap.addr == IOMAP_NULL_ADDR ||
 	    iomap.bdev != lc->host_bdev || from != off || to <= from ||
 	    ((iomap.addr | iomap.offset | iomap.length) & (SECTOR_SIZE - 1)) ||
 	    iomap.addr + (to - iomap.offset) > bdev_nr_bytes(lc->host_bdev)) {
@@ -275,8 +324,11 @@ static int loop_sparse_alloc(struct loop_c *lc, const struct loop_extent *e,
 	host = (iomap.addr + (from - iomap.offset)) >> SECTOR_SHIFT;
 	lc->alloc_next = (to - lc->offset) >> SECTOR_SHIFT;
 	lc->alloc_chunk = chunk;
+	/* Written already (a write whose table update failed): as XFS says. */
+	if (iomap.type == IOMAP_UNWRITTEN)
+		host |= LOOP_EXT_UNWRITTEN;
 	return loop_table_set(lc, (from - lc->offset) >> SECTOR_SHIFT,
-			      (to - from) >> SECTOR_SHIFT, host | LOOP_EXT_UNWRITTEN);
+			      (to - from) >> SECTOR_SHIFT, host);
 }
 
 /*
@@ -289,7 +341,7 @@ static int loop_sparse_write_data(struct loop_c *lc, struct bio *bio, sector_t s
 	struct bio *clone;
 	int r;
 
-	clone = bio_alloc_clone(lc->host_bdev, bio, GFP_NOIO, &loop_sparse_bs);
+	clone = bio_alloc_clone(lc->host_bdev, bio, GFP_NOIO, lc->bs);
 	if (!clone)
 		return -ENOMEM;
 	bio_trim(clone, skip, len);
@@ -316,11 +368,9 @@ static int loop_sparse_write_unwritten(struct loop_c *lc, struct bio *bio,
 
 	/* The rest of a block written in part must read as the zeros it held. */
 	if (pos > bstart)
-		r = blkdev_issue_zeroout(lc->host_bdev, host, pos - bstart, GFP_NOIO,
-					 BLKDEV_ZERO_NOUNMAP);
+		r = loop_sparse_zero(lc, host, pos - bstart);
 	if (!r && bend > pos + len)
-		r = blkdev_issue_zeroout(lc->host_bdev, host + (pos + len - bstart),
-					 bend - (pos + len), GFP_NOIO, BLKDEV_ZERO_NOUNMAP);
+		r = loop_sparse_zero(lc, host + (pos + len - bstart), bend - (pos + len));
 	if (!r)
 		r = loop_sparse_write_data(lc, bio, skip, len, host + (pos - bstart), 0);
 	/* The last block may reach past the device's end. */
@@ -487,7 +537,7 @@ static void loop_sparse_batch(struct loop_c *lc, struct bio **bios, int *status,
 
 		p->b = &b;
 		p->status = BLK_STS_OK;
-		clone = bio_alloc_clone(lc->host_bdev, bio, GFP_NOIO, &loop_sparse_bs);
+		clone = bio_alloc_clone(lc->host_bdev, bio, GFP_NOIO, lc->bs);
 		if (!clone) {
 			p->status = BLK_STS_RESOURCE;
 			continue;
@@ -588,21 +638,17 @@ void loop_sparse_work(struct work_struct *work)
 }
 
 /*
- * The file's layout from map_blocks(), which needs no user memory: what
- * the table says just before the device starts (or starts again) serving
- * I/O.  A table loaded beside a live one (a reload) was walked while the
- * live one could still allocate and write; once that one is suspended, no
- * one else changes the file, and this is the layout from then on.  0, or
- * an error (ti->error set).
+ * The file's layout from map_blocks(), XFS's own answer, which needs no
+ * user memory: into *@tp.  0, or an error (ti->error set).
  */
-static int loop_sparse_do_refresh(struct loop_c *lc)
+int loop_sparse_walk(struct loop_c *lc, struct loop_table **tp)
 {
 	struct inode *inode = file_inode(lc->file);
 	u64 host_bytes = bdev_nr_bytes(lc->host_bdev);
 	loff_t pos = lc->offset;
 	loff_t end = round_up(lc->offset + ((loff_t)lc->ti->len << SECTOR_SHIFT),
 			      (loff_t)i_blocksize(inode));
-	struct loop_table *t, *old;
+	struct loop_table *t;
 	unsigned int nr = 0, size = 64;
 	struct loop_extent *v, *e;
 	int r = 0;
@@ -637,8 +683,8 @@ static int loop_sparse_do_refresh(struct loop_c *lc)
 			break;
 		}
 		e = nr ? &v[nr - 1] : NULL;
-		if (e && (e->host_sector & LOOP_EXT_HOLE ? e->host_sector == host :
-			  e->host_sector + e->len == host)) {
+		if (e && (e->host_sector & LOOP_EXT_STATE) == (host & LOOP_EXT_STATE) &&
+		    (e->host_sector & LOOP_EXT_HOLE || e->host_sector + e->len == host)) {
 			e->len += n >> SECTOR_SHIFT;
 		} else {
 			if (nr == size) {
@@ -671,7 +717,35 @@ static int loop_sparse_do_refresh(struct loop_c *lc)
 	kvfree(v);
 	if (!t)
 		goto nomem;
+	*tp = t;
+	return 0;
+nomem:
+	lc->ti->error = "Cannot allocate extent table";
+	return -ENOMEM;
+}
 
+/*
+ * What the table says just before the device starts (or starts again)
+ * serving I/O.  A table loaded beside a live one (a reload) was walked
+ * while the live one could still allocate and write; once that one is
+ * suspended (and has converted what it wrote), no one else changes the
+ * file, and this is the layout from then on.  0, or an error (ti->error
+ * set).
+ */
+static int loop_sparse_do_refresh(struct loop_c *lc)
+{
+	struct loop_table *t, *old;
+	int r;
+
+	/* What an older table of this device could not convert at suspend. */
+	r = loop_inode_commit_siblings(lc);
+	if (r) {
+		lc->ti->error = "The previous table's writes are not converted";
+		return r;
+	}
+	r = loop_sparse_walk(lc, &t);
+	if (r)
+		return r;
 	mutex_lock(&lc->alloc_lock);
 	old = rcu_dereference_protected(lc->table, lockdep_is_held(&lc->alloc_lock));
 	loop_table_account(old, t);
@@ -679,9 +753,6 @@ static int loop_sparse_do_refresh(struct loop_c *lc)
 	mutex_unlock(&lc->alloc_lock);
 	loop_table_retire(old, true);
 	return 0;
-nomem:
-	lc->ti->error = "Cannot allocate extent table";
-	return -ENOMEM;
 }
 
 /* The device is suspended: its own swap or writeback must not wait on us. */
@@ -692,16 +763,6 @@ int loop_sparse_refresh(struct loop_c *lc)
 
 	memalloc_noio_restore(noio);
 	return r;
-}
-
-int loop_sparse_init(void)
-{
-	return bioset_init(&loop_sparse_bs, BIO_POOL_SIZE, 0, 0);
-}
-
-void loop_sparse_exit(void)
-{
-	bioset_exit(&loop_sparse_bs);
 }
 
 /* Suspended: no bio is left in dm.  What the device wrote is converted. */
@@ -723,6 +784,28 @@ void loop_sparse_postsuspend(struct loop_c *lc)
 void loop_sparse_teardown(struct loop_c *lc)
 {
 	loop_sparse_postsuspend(lc);
+	if (lc->nr_uncommitted)
+		DMERR("%s: %u written ranges not converted: the file reads zeros there",
+		      lc->path, lc->nr_uncommitted);
 	kvfree(lc->uncommitted);
 	lc->uncommitted = NULL;
+	if (lc->bs) {
+		bioset_exit(lc->bs);
+		kfree(lc->bs);
+		lc->bs = NULL;
+	}
+}
+
+/* An older table's listed ranges, from a newer table's preresume. */
+int loop_sparse_commit_pending(struct loop_c *lc)
+{
+	unsigned int noio = memalloc_noio_save();
+	int r = 0;
+
+	mutex_lock(&lc->alloc_lock);
+	if (lc->nr_uncommitted)
+		r = loop_sparse_commit(lc);
+	mutex_unlock(&lc->alloc_lock);
+	memalloc_noio_restore(noio);
+	return r;
 }

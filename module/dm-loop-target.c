@@ -82,6 +82,7 @@ static const char * const loop_walk_names[] = {
 	[LOOP_WALK_NONE]	= "none",
 	[LOOP_WALK_FIEMAP]	= "fiemap",
 	[LOOP_WALK_BMAP]	= "bmap",
+	[LOOP_WALK_MAP_BLOCKS]	= "map_blocks",
 };
 
 /* Filesystems whose ->bmap is known to return 0 for anything unsafe. */
@@ -777,17 +778,11 @@ static int __init dm_loop_init(void)
 	r = loop_file_init();
 	if (r)
 		return r;
-	r = loop_sparse_init();
-	if (r) {
-		loop_file_exit();
-		return r;
-	}
 	loop_debugfs_init();
 	r = dm_register_target(&loop_target);
 	if (r < 0) {
 		DMERR("register failed %d", r);
 		loop_debugfs_exit();
-		loop_sparse_exit();
 		loop_file_exit();
 	}
 	return r;
@@ -797,7 +792,6 @@ static void __exit dm_loop_exit(void)
 {
 	dm_unregister_target(&loop_target);
 	loop_debugfs_exit();
-	loop_sparse_exit();
 	loop_file_exit();
 	/* Tables replaced while the devices ran are freed after a grace period. */
 	rcu_barrier();

@@ -68,6 +68,7 @@ enum loop_walk {
 	LOOP_WALK_NONE,
 	LOOP_WALK_FIEMAP,
 	LOOP_WALK_BMAP,
+	LOOP_WALK_MAP_BLOCKS,	/* XFS's map_blocks(): dm-loop-sparse.c */
 };
 
 /* Optional table arguments. */
@@ -177,6 +178,7 @@ struct loop_c {
 	sector_t alloc_chunk;		/* and its chunk, in sectors */
 	struct work_struct sparse_work;	/* writes into holes and unwritten */
 	/* written through the device, not yet converted (dm-loop-sparse.c) */
+	struct bio_set *bs;		/* the worker's clones */
 	struct iomap *uncommitted;
 	unsigned int nr_uncommitted;	/* read by map() without the lock */
 
@@ -256,9 +258,11 @@ void loop_sparse_work(struct work_struct *work);
 int loop_sparse_map_durable(struct loop_c *lc, struct bio *bio);
 void loop_sparse_postsuspend(struct loop_c *lc);
 void loop_sparse_teardown(struct loop_c *lc);
+int loop_sparse_setup(struct loop_c *lc);
+int loop_sparse_walk(struct loop_c *lc, struct loop_table **tp);
+int loop_sparse_commit_pending(struct loop_c *lc);
+int loop_inode_commit_siblings(struct loop_c *lc);
 int loop_sparse_refresh(struct loop_c *lc);
-int loop_sparse_init(void);
-void loop_sparse_exit(void);
 
 /* dm-loop-table.c */
 struct loop_table *loop_table_build(const struct loop_extent *v, unsigned int nr);

@@ -348,6 +348,54 @@ def test_conversion_waits_for_a_flush(scratch_fs):
     xfs_repair_clean(mp)
 
 
+def test_reload_and_a_loader_without_fiemap_read_the_layout_from_xfs(scratch_fs):
+    """A table loaded where FIEMAP cannot be used (a loader whose address
+    space another thread shares, or bmap_walk=Y) reads a sparse XFS file
+    with map_blocks() (debugfs `walk: map_blocks`), and so does a reload
+    over the device's own pin: it gets block mode, where the bmap walk saw
+    only a hole; a reload of a device that has written into holes, and not
+    flushed, keeps every byte."""
+    from test_extent_walk import BMAP_WALK
+    mp = scratch_fs("xfs", dev=dmloop.scratch_disk(0))
+    img = mp / "img"
+    size = 8 * MiB
+    want = make_file(img, size, "partial")
+    dev = dmloop.create("sx", table(img, size))
+    try:
+        assert debugfs_info("sx")["walk"] == "fiemap"
+        for i, off in enumerate((2 * MiB, 5 * MiB + 4 * KiB, 7 * MiB)):
+            data = dmloop.random_bytes(64 * KiB, 70 + i)
+            dmloop.write_bytes(dev, data, offset=off, direct=True)
+            want[off:off + len(data)] = data
+        assert int(debugfs_info("sx")["uncommitted"]) > 0
+        BMAP_WALK.write_text("Y")
+        try:
+            dmloop.reload("sx", table(img, size))
+            dmloop.resume("sx")
+            info = debugfs_info("sx")
+            assert (info["mode"], info["walk"]) == ("block", "map_blocks"), info
+            assert REASON_RE.match(status_fields("sx")["reason"])
+            assert dmloop.read_bytes(dev, size, direct=True) == want
+        finally:
+            BMAP_WALK.write_text("N")
+    finally:
+        dmloop.remove("sx")
+    BMAP_WALK.write_text("Y")
+    try:
+        dmloop.create("sx", table(img, size))
+        try:
+            info = debugfs_info("sx")
+            assert (info["mode"], info["walk"]) == ("block", "map_blocks"), info
+            assert dmloop.read_bytes(dev, size, direct=True) == want
+        finally:
+            dmloop.remove("sx")
+    finally:
+        BMAP_WALK.write_text("N")
+    dmloop.drop_caches()
+    assert dmloop.read_bytes(img, size) == want
+    xfs_repair_clean(mp)
+
+
 def test_preallocated_file_never_shows_the_secret():
     """Free space filled with a secret, then a file preallocated over it:
     block mode; reads of the whole device, and partial-block writes (whose
