@@ -196,8 +196,16 @@ GUEST_DESELECT ?= \
 # kernel, and each filesystem keeps its offset-0 case there, the walk its
 # batch cases.  `make matrix KERNEL=7.2` runs the whole matrix there.
 # The clients (udev, LVM, LUKS, kpartx, md: user space over the same
-# bios) on 6.1 only.
+# bios) on 6.1 only.  The workqueue-per-depth stacking test (about 50 s a
+# kernel; the workqueue code is the same on every kernel) and the longest
+# sparse-XFS cases (fio, the many-extent table, the all-holes file: the
+# module's own logic; 7.2 keeps the cases that go through its
+# exportfs_block_ops compat path) on 6.1 only.
 PREBUILT_DESELECT ?= \
+	$(G)/test_file_workers.py::test_stacked_file_mode_devices_never_wait_on_their_own_workqueue \
+	$(G)/test_sparse_xfs.py::test_fio_verify_over_a_sparse_file \
+	$(G)/test_sparse_xfs.py::test_a_table_of_many_extents_splits_and_merges_its_segments \
+	$(G)/test_sparse_xfs.py::test_data_both_ways[sparse] \
 	$(G)/test_matrix.py \
 	$(G)/test_clients.py \
 	$(G)/test_file_mode.py::test_discard_and_write_zeroes[nfs4] \
