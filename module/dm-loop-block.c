@@ -665,6 +665,14 @@ int loop_block_setup(struct loop_c *lc)
 	if (r == LOOP_RET_NO_FIEMAP) {
 		kvfree(buf.v);
 		buf = (struct loop_extent_buf){};
+		/* Another thread shares the loader's memory: as above, on XFS. */
+		if (loop_sparse_possible(lc) && !loop_sparse_probe(lc)) {
+			r = loop_sparse_walk(lc, &t);
+			if (r)
+				goto bad;
+			lc->walk = LOOP_WALK_MAP_BLOCKS;
+			goto walked;
+		}
 		lc->sparse = false;
 		r = loop_walk_bmap(lc, &buf);
 	}
@@ -763,9 +771,6 @@ int loop_block_map(struct dm_target *ti, struct bio *bio)
 	bio_set_dev(bio, lc->host_bdev);
 	if (unlikely(!bio_sectors(bio))) {
 		loop_stat_inc(lc, flushes);
-		/* Ranges written into unwritten blocks are converted first. */
-		if (unlikely(READ_ONCE(lc->nr_uncommitted)))
-			return loop_sparse_map_durable(lc, bio);
 		return DM_MAPIO_REMAPPED;
 	}
 
@@ -780,11 +785,6 @@ int loop_block_map(struct dm_target *ti, struct bio *bio)
 	if (unlikely(!loop_ext_written(e))) {
 		rcu_read_unlock();
 		return loop_sparse_map(lc, bio);
-	}
-	if (unlikely(bio->bi_opf & REQ_FUA) && unlikely(READ_ONCE(lc->nr_uncommitted))) {
-		rcu_read_unlock();
-		loop_stat_inc(lc, writes);
-		return loop_sparse_map_durable(lc, bio);
 	}
 	bio->bi_iter.bi_sector = e->host_sector + (sector - e->dev_sector);
 	rcu_read_unlock();

@@ -145,33 +145,6 @@ out:
 }
 
 /*
- * Before a sparse table's first resume: an older table of the same device
- * over the file that could not convert what it wrote at its suspend
- * (loop_sparse_postsuspend()) tries again here; if it still cannot, this
- * table must not start, since it would read zeros where that one wrote.
- */
-int loop_inode_commit_siblings(struct loop_c *lc)
-{
-	struct loop_inode *li;
-	struct loop_c *c;
-	int r = 0;
-
-	mutex_lock(&loop_registry_lock);
-	li = loop_inode_lookup(file_inode(lc->file), false);
-	if (li) {
-		list_for_each_entry(c, &li->pinners, pin_node) {
-			if (c != lc && c->md == lc->md && READ_ONCE(c->nr_uncommitted)) {
-				r = loop_sparse_commit_pending(c);
-				if (r)
-					break;
-			}
-		}
-	}
-	mutex_unlock(&loop_registry_lock);
-	return r;
-}
-
-/*
  * Each target over a sparse file has its own table of its ranges and
  * allocates on its own (dm-loop-sparse.c): two in one table over the same
  * file would write zeros over the rest of a block the other wrote, and

@@ -18,22 +18,16 @@
  *   1. the blocks are allocated unwritten, durably (map_blocks() commits
  *      the allocation synchronously);
  *   2. the data, and zeros over the rest of any file block it covers only
- *      in part, are written to the host device;
- *   3. the range joins the device's list of uncommitted ranges, the table
- *      says "written", and the bio completes;
- *   4. at the next flush or FUA write through the device (and at suspend
- *      and removal), the host device is flushed and one commit_blocks()
- *      converts every listed range, synchronously, before that flush or
- *      FUA write completes.
- * A block device promises durability only after a flush or a FUA write,
- * and that is when the conversion is owed.  A crash before 4 leaves the
- * blocks unwritten: they read as zeros, never as what the disk held
- * before.  A read after the write completed finds the table updated (3).
- * While a range is listed, map() sends flushes and FUA writes to the
- * worker instead of the host device.  The worker takes up to
- * LOOP_SPARSE_BATCH waiting bios at once: their data goes out together.
- * A bio that writes part of an unwritten block is done alone (its zeros
- * must not land over another bio's data in the same block).
+ *      in part, are written to the host device and flushed;
+ *   3. commit_blocks() converts exactly those blocks, synchronously;
+ *   4. the table says "written", then the bio completes.
+ * The worker takes up to LOOP_SPARSE_BATCH waiting bios at once: their
+ * data goes out together, then one flush and one commit_blocks() cover
+ * them all.  A bio that writes part of an unwritten block is done alone
+ * (its zeros must not land over another bio's data in the same block).
+ * A crash before 3 leaves the blocks unwritten: they read as zeros, never
+ * as what the disk held before.  A crash after 3 finds the data on disk.
+ * A read after the write completed finds the table updated (4).
  */
 #include <linux/blkdev.h>
 #include <linux/iomap.h>
@@ -56,12 +50,6 @@
  */
 #define LOOP_SPARSE_CHUNK	((sector_t)8192)
 #define LOOP_SPARSE_CHUNK_MAX	((sector_t)131072)
-
-/*
- * Uncommitted ranges a device lists (contiguous ones merge into one); a
- * full list is converted at once.
- */
-#define LOOP_SPARSE_UNCOMMITTED	128
 
 /*
  * The worker's clones of a bio's data come from the device's own bio_set:
@@ -111,76 +99,6 @@ static int loop_sparse_zero(struct loop_c *lc, sector_t host, sector_t len)
 		len -= n;
 	}
 	return r;
-}
-
-/* A flush, or a write that must be durable when it completes. */
-static bool loop_bio_durable(const struct bio *bio)
-{
-	return !bio_sectors(bio) || (bio->bi_opf & (REQ_PREFLUSH | REQ_FUA));
-}
-
-/*
- * Flush the host device, then convert every listed range with one
- * commit_blocks().  Under lc->alloc_lock.  0 or an errno (the ranges stay
- * listed, for the next try).
- */
-static int loop_sparse_commit(struct loop_c *lc)
-{
-	int r;
-
-	lockdep_assert_held(&lc->alloc_lock);
-	r = blkdev_issue_flush(lc->host_bdev);
-	if (!r && lc->nr_uncommitted)
-		r = dmloop_commit_blocks(file_inode(lc->file), lc->uncommitted,
-					 lc->nr_uncommitted);
-	if (r) {
-		DMERR_LIMIT("%s: cannot convert %u written ranges: %d", lc->path,
-			    lc->nr_uncommitted, r);
-		return r;
-	}
-	WRITE_ONCE(lc->nr_uncommitted, 0);
-	return 0;
-}
-
-/*
- * List device sectors [@pos, @pos + @len), just written over unwritten
- * blocks, for the next conversion: before the table says they are
- * written, so that no range the table calls written goes unconverted.  A
- * full list is converted first; without memory for one, the range alone
- * is converted now.  Under lc->alloc_lock.
- */
-static int loop_sparse_uncommitted(struct loop_c *lc, sector_t pos, sector_t len)
-{
-	struct iomap one = {
-		.offset = lc->offset + ((loff_t)pos << SECTOR_SHIFT),
-		.length = (u64)len << SECTOR_SHIFT,
-	};
-	struct iomap *m;
-	int r;
-
-	if (!lc->uncommitted) {
-		lc->uncommitted = kvmalloc_array(LOOP_SPARSE_UNCOMMITTED, sizeof(*m), GFP_NOIO);
-		if (!lc->uncommitted) {
-			r = blkdev_issue_flush(lc->host_bdev);
-			return r ? r : dmloop_commit_blocks(file_inode(lc->file), &one, 1);
-		}
-	}
-	if (lc->nr_uncommitted) {
-		m = &lc->uncommitted[lc->nr_uncommitted - 1];
-		if (m->offset + (loff_t)m->length == one.offset) {
-			m->length += one.length;
-			return 0;
-		}
-	}
-	if (lc->nr_uncommitted == LOOP_SPARSE_UNCOMMITTED) {
-		r = loop_sparse_commit(lc);
-		if (r)
-			return r;
-	}
-	lc->uncommitted[lc->nr_uncommitted] = one;
-	/* Seen by map() before the bio completes (bio_endio() orders it). */
-	WRITE_ONCE(lc->nr_uncommitted, lc->nr_uncommitted + 1);
-	return 0;
 }
 
 /* XFS's pNFS contract, on a filesystem and a file that can use it. */
@@ -253,16 +171,6 @@ int loop_sparse_map(struct loop_c *lc, struct bio *bio)
 		return DM_MAPIO_KILL;
 	}
 	loop_stat_inc(lc, writes);
-	return loop_sparse_map_durable(lc, bio);
-}
-
-/*
- * To the worker: a write into holes or unwritten ranges, or (while ranges
- * are uncommitted) a flush or a FUA write, which must wait for their
- * conversion.
- */
-int loop_sparse_map_durable(struct loop_c *lc, struct bio *bio)
-{
 	spin_lock_irq(&lc->lock);
 	bio_list_add(&lc->pending, bio);
 	spin_unlock_irq(&lc->lock);
@@ -363,6 +271,10 @@ static int loop_sparse_write_unwritten(struct loop_c *lc, struct bio *bio,
 	sector_t spb = lc->block_size >> SECTOR_SHIFT;
 	sector_t bstart = round_down(pos, spb), bend = round_up(pos + len, spb);
 	sector_t host = loop_ext_host(e) + (bstart - e->dev_sector);
+	struct iomap iomap = {
+		.offset = lc->offset + ((loff_t)bstart << SECTOR_SHIFT),
+		.length = (u64)(bend - bstart) << SECTOR_SHIFT,
+	};
 	sector_t dev_end;
 	int r = 0;
 
@@ -373,12 +285,14 @@ static int loop_sparse_write_unwritten(struct loop_c *lc, struct bio *bio,
 		r = loop_sparse_zero(lc, host + (pos + len - bstart), bend - (pos + len));
 	if (!r)
 		r = loop_sparse_write_data(lc, bio, skip, len, host + (pos - bstart), 0);
-	/* The last block may reach past the device's end. */
-	dev_end = min_t(sector_t, bend, lc->ti->len);
 	if (!r)
-		r = loop_sparse_uncommitted(lc, bstart, bend - bstart);
+		r = blkdev_issue_flush(lc->host_bdev);
+	if (!r)
+		r = dmloop_commit_blocks(file_inode(lc->file), &iomap, 1);
 	if (r)
 		return r;
+	/* The last block may reach past the device's end. */
+	dev_end = min_t(sector_t, bend, lc->ti->len);
 	return loop_table_set(lc, bstart, dev_end - bstart, host);
 }
 
@@ -484,17 +398,16 @@ static int loop_sparse_plan(struct loop_c *lc, struct bio *bio, unsigned int idx
 
 /*
  * Write @nr bios (@status[i] already set for those that failed or go
- * alone) in one batch: the data of all at once; then their unwritten
- * ranges are listed as uncommitted and the table says written; then, if
- * one of them is a flush or a FUA write, every listed range is converted.
+ * alone) in one batch: the data of all at once, then one flush and one
+ * commit_blocks() for their unwritten ranges, then the table.
  */
 static void loop_sparse_batch(struct loop_c *lc, struct bio **bios, int *status,
 			      unsigned int nr)
 {
 	struct loop_sparse_batch b;
-	struct loop_sparse_piece *pieces = NULL;
-	unsigned int i, np = 0;
-	bool durable = false;
+	struct loop_sparse_piece *pieces;
+	struct iomap *maps;
+	unsigned int i, np = 0, nm = 0;
 	int r;
 
 	for (i = 0; i < nr; i++) {
@@ -507,14 +420,15 @@ static void loop_sparse_batch(struct loop_c *lc, struct bio **bios, int *status,
 			np += r;
 	}
 	if (!np)
-		goto commit;
+		return;
 	pieces = kvmalloc_array(np, sizeof(*pieces), GFP_NOIO);
-	if (!pieces) {
+	maps = kvmalloc_array(np, sizeof(*maps), GFP_NOIO);
+	if (!pieces || !maps) {
 		/* Each on its own, then. */
 		for (i = 0; i < nr; i++)
-			if (!status[i] && bio_sectors(bios[i]))
+			if (!status[i])
 				status[i] = -EAGAIN;
-		goto commit;
+		goto out;
 	}
 	/* Allocating for one bio only merges the others' extents: no more pieces. */
 	np = 0;
@@ -560,25 +474,31 @@ static void loop_sparse_batch(struct loop_c *lc, struct bio **bios, int *status,
 			status[pieces[i].bio] = blk_status_to_errno(pieces[i].status);
 	/* The unwritten pieces of the bios whose data all landed. */
 	for (i = 0; i < np; i++) {
+		if (!pieces[i].unwritten || status[pieces[i].bio])
+			continue;
+		maps[nm++] = (struct iomap){
+			.offset = lc->offset + ((loff_t)pieces[i].pos << SECTOR_SHIFT),
+			.length = (u64)pieces[i].len << SECTOR_SHIFT,
+		};
+	}
+	if (!nm)
+		goto out;
+	r = blkdev_issue_flush(lc->host_bdev);
+	if (!r)
+		r = dmloop_commit_blocks(file_inode(lc->file), maps, nm);
+	/* Each range into the table: a segment and the index, each time. */
+	for (i = 0; !r && i < np; i++) {
 		struct loop_sparse_piece *p = &pieces[i];
 
-		if (!p->unwritten || status[p->bio])
-			continue;
-		r = loop_sparse_uncommitted(lc, p->pos, p->len);
-		if (!r)
+		if (p->unwritten && !status[p->bio])
 			r = loop_table_set(lc, p->pos, p->len, p->host);
-		if (r)
-			status[p->bio] = r;
 	}
-commit:
-	for (i = 0; i < nr; i++)
-		durable |= !status[i] && loop_bio_durable(bios[i]);
-	if (durable) {
-		r = loop_sparse_commit(lc);
-		for (i = 0; r && i < nr; i++)
-			if (!status[i] && loop_bio_durable(bios[i]))
-				status[i] = r;
-	}
+	/* Not converted, or not in the table: reads may see zeros. */
+	for (i = 0; r && i < np; i++)
+		if (pieces[i].unwritten && !status[pieces[i].bio])
+			status[pieces[i].bio] = r;
+out:
+	kvfree(maps);
 	kvfree(pieces);
 }
 
@@ -613,13 +533,9 @@ void loop_sparse_work(struct work_struct *work)
 			break;
 		mutex_lock(&lc->alloc_lock);
 		loop_sparse_batch(lc, bios, status, nr);
-		for (i = 0; i < nr; i++) {
-			if (status[i] != -EAGAIN)
-				continue;
-			status[i] = loop_sparse_write(lc, bios[i]);
-			if (!status[i] && loop_bio_durable(bios[i]))
-				status[i] = loop_sparse_commit(lc);
-		}
+		for (i = 0; i < nr; i++)
+			if (status[i] == -EAGAIN)
+				status[i] = loop_sparse_write(lc, bios[i]);
 		mutex_unlock(&lc->alloc_lock);
 		for (i = 0; i < nr; i++) {
 			if (status[i]) {
@@ -728,7 +644,7 @@ nomem:
  * What the table says just before the device starts (or starts again)
  * serving I/O.  A table loaded beside a live one (a reload) was walked
  * while the live one could still allocate and write; once that one is
- * suspended (and has converted what it wrote), no one else changes the
+ * suspended, no one else changes the
  * file, and this is the layout from then on.  0, or an error (ti->error
  * set).
  */
@@ -737,12 +653,6 @@ static int loop_sparse_do_refresh(struct loop_c *lc)
 	struct loop_table *t, *old;
 	int r;
 
-	/* What an older table of this device could not convert at suspend. */
-	r = loop_inode_commit_siblings(lc);
-	if (r) {
-		lc->ti->error = "The previous table's writes are not converted";
-		return r;
-	}
 	r = loop_sparse_walk(lc, &t);
 	if (r)
 		return r;
@@ -765,30 +675,10 @@ int loop_sparse_refresh(struct loop_c *lc)
 	return r;
 }
 
-/* Suspended: no bio is left in dm.  What the device wrote is converted. */
-void loop_sparse_postsuspend(struct loop_c *lc)
-{
-	unsigned int noio;
-
-	flush_work(&lc->sparse_work);
-	/* Our own writeback must not wait on us. */
-	noio = memalloc_noio_save();
-	mutex_lock(&lc->alloc_lock);
-	if (lc->nr_uncommitted)
-		loop_sparse_commit(lc);
-	mutex_unlock(&lc->alloc_lock);
-	memalloc_noio_restore(noio);
-}
-
 /* The destructor runs with no bio left in dm; the worker may still run. */
 void loop_sparse_teardown(struct loop_c *lc)
 {
-	loop_sparse_postsuspend(lc);
-	if (lc->nr_uncommitted)
-		DMERR("%s: %u written ranges not converted: the file reads zeros there",
-		      lc->path, lc->nr_uncommitted);
-	kvfree(lc->uncommitted);
-	lc->uncommitted = NULL;
+	flush_work(&lc->sparse_work);
 	if (lc->bs) {
 		bioset_exit(lc->bs);
 		kfree(lc->bs);
@@ -796,16 +686,3 @@ void loop_sparse_teardown(struct loop_c *lc)
 	}
 }
 
-/* An older table's listed ranges, from a newer table's preresume. */
-int loop_sparse_commit_pending(struct loop_c *lc)
-{
-	unsigned int noio = memalloc_noio_save();
-	int r = 0;
-
-	mutex_lock(&lc->alloc_lock);
-	if (lc->nr_uncommitted)
-		r = loop_sparse_commit(lc);
-	mutex_unlock(&lc->alloc_lock);
-	memalloc_noio_restore(noio);
-	return r;
-}

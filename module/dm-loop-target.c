@@ -216,12 +216,11 @@ size_t loop_format_info(struct loop_c *lc, char *buf, size_t size)
 		       "reads: %llu\nwrites: %llu\nflushes: %llu\nsplits: %llu\n"
 		       "direct_ios: %llu\nbuffered_ios: %llu\ndiscards: %llu\n"
 		       "errors: %llu\nread_only: %d\nwalk: %s\nworkers: %u\n"
-		       "stack_depth: %u\nuncommitted: %u\n",
+		       "stack_depth: %u\n",
 		       st.reads, st.writes, st.flushes, st.splits,
 		       st.direct_ios, st.buffered_ios, st.discards, st.errors,
 		       lc->read_only, loop_walk_names[lc->walk],
-		       lc->mode == LOOP_MODE_FILE ? lc->nr_workers : 0, lc->depth,
-		       READ_ONCE(lc->nr_uncommitted));
+		       lc->mode == LOOP_MODE_FILE ? lc->nr_workers : 0, lc->depth);
 	return n;
 }
 
@@ -704,14 +703,6 @@ static int loop_preresume(struct dm_target *ti)
 	return r;
 }
 
-static void loop_postsuspend(struct dm_target *ti)
-{
-	struct loop_c *lc = ti->private;
-
-	if (lc->mode == LOOP_MODE_BLOCK && lc->sparse)
-		loop_sparse_postsuspend(lc);
-}
-
 static void loop_io_hints(struct dm_target *ti, struct queue_limits *limits)
 {
 	struct loop_c *lc = ti->private;
@@ -764,7 +755,6 @@ static struct target_type loop_target = {
 	.map		 = loop_map,
 	.status		 = loop_status,
 	.message	 = loop_message,
-	.postsuspend	 = loop_postsuspend,
 	.preresume	 = loop_preresume,
 	.resume		 = loop_resume,
 	.iterate_devices = loop_iterate_devices,

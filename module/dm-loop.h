@@ -20,8 +20,6 @@
 #include <linux/wait.h>
 #include <linux/workqueue.h>
 
-struct iomap;
-
 #define DM_MSG_PREFIX "loop"
 #define DM_LOOP_VERSION "1.1.0"
 
@@ -177,10 +175,7 @@ struct loop_c {
 	sector_t alloc_next;		/* where the last allocation ended */
 	sector_t alloc_chunk;		/* and its chunk, in sectors */
 	struct work_struct sparse_work;	/* writes into holes and unwritten */
-	/* written through the device, not yet converted (dm-loop-sparse.c) */
 	struct bio_set *bs;		/* the worker's clones */
-	struct iomap *uncommitted;
-	unsigned int nr_uncommitted;	/* read by map() without the lock */
 
 	/* file mode */
 	bool file_user;
@@ -255,13 +250,9 @@ bool loop_sparse_possible(struct loop_c *lc);
 int loop_sparse_probe(struct loop_c *lc);
 int loop_sparse_map(struct loop_c *lc, struct bio *bio);
 void loop_sparse_work(struct work_struct *work);
-int loop_sparse_map_durable(struct loop_c *lc, struct bio *bio);
-void loop_sparse_postsuspend(struct loop_c *lc);
 void loop_sparse_teardown(struct loop_c *lc);
 int loop_sparse_setup(struct loop_c *lc);
 int loop_sparse_walk(struct loop_c *lc, struct loop_table **tp);
-int loop_sparse_commit_pending(struct loop_c *lc);
-int loop_inode_commit_siblings(struct loop_c *lc);
 int loop_sparse_refresh(struct loop_c *lc);
 
 /* dm-loop-table.c */
