@@ -32,6 +32,7 @@
 #include <linux/blkdev.h>
 #include <linux/iomap.h>
 #include <linux/sched/mm.h>
+#include <linux/sched/signal.h>
 #include <linux/slab.h>
 
 #include "dm-loop.h"
@@ -606,6 +607,10 @@ int loop_sparse_walk(struct loop_c *lc, struct loop_table **tp)
 			if (nr == size) {
 				struct loop_extent *w;
 
+				if (size > INT_MAX / sizeof(*w) / 2) {
+					r = -E2BIG;
+					break;
+				}
 				w = kvmalloc_array(size * 2, sizeof(*w), GFP_KERNEL);
 				if (!w) {
 					kvfree(v);
@@ -620,6 +625,10 @@ int loop_sparse_walk(struct loop_c *lc, struct loop_table **tp)
 				(pos - lc->offset) >> SECTOR_SHIFT, host, n >> SECTOR_SHIFT };
 		}
 		pos += n;
+		if (fatal_signal_pending(current)) {
+			r = -EINTR;
+			break;
+		}
 		cond_resched();
 	}
 	if (r) {
