@@ -306,14 +306,15 @@ def write_bytes(path, data, offset=0, direct=False, fsync=False):
 
 
 def _pwrite_all(fd, buf, n, off):
-    mv = memoryview(buf)
-    done = 0
-    while done < n:
-        w = os.pwritev(fd, [mv[done:n]], off + done)
-        if w <= 0:
-            raise OSError(errno.EIO, "short write at offset %d" % (off + done))
-        done += w
-    mv.release()
+    # `with`: a write that fails must not leave the view held by the
+    # traceback, or the caller's buf.close() raises BufferError over it.
+    with memoryview(buf) as mv:
+        done = 0
+        while done < n:
+            w = os.pwritev(fd, [mv[done:n]], off + done)
+            if w <= 0:
+                raise OSError(errno.EIO, "short write at offset %d" % (off + done))
+            done += w
 
 
 def write_random(path, size, seed, offset=0, direct=False, fsync=False):
@@ -339,14 +340,13 @@ def write_random(path, size, seed, offset=0, direct=False, fsync=False):
 
 def _read_into(fd, buf, n, off):
     """Read up to n bytes at off into buf; returns the count (short only at EOF)."""
-    mv = memoryview(buf)
-    done = 0
-    while done < n:
-        r = os.preadv(fd, [mv[done:n]], off + done)
-        if r == 0:
-            break
-        done += r
-    mv.release()
+    with memoryview(buf) as mv:     # released on an error too (as above)
+        done = 0
+        while done < n:
+            r = os.preadv(fd, [mv[done:n]], off + done)
+            if r == 0:
+                break
+            done += r
     return done
 
 

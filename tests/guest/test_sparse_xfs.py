@@ -12,6 +12,7 @@ wrote; `xfs_repair -n` is clean afterwards; fio --verify=crc32c over a
 sparse file.  ext4 keeps file mode for the same files (test_file_mode.py).
 """
 
+import errno
 import mmap
 import os
 import re
@@ -490,3 +491,89 @@ def test_power_cut_keeps_what_a_flush_covered_and_never_shows_stale_data(tmp_pat
             dmloop.umount(mp)
         if lower:
             dmloop.remove("sx-host")
+
+
+def fill_up(path):
+    """Take all of a filesystem's free space with the file `path` (kept)."""
+    chunk = b"\xa5" * MiB
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for piece in (chunk, chunk[:4096]):
+            while True:
+                try:
+                    os.write(fd, piece)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    break
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_fails(dev, data, offset):
+    """A direct write that must fail: its errno, and the kernel log since."""
+    pos = dmloop.kmsg_pos()
+    with pytest.raises(OSError) as ei:
+        dmloop.write_bytes(dev, data, offset=offset, direct=True)
+    return ei.value.errno, dmloop.kmsg_since(pos)
+
+
+def test_a_full_host_filesystem_fails_a_write_into_a_hole_and_nothing_else():
+    """A sparse file larger than its XFS filesystem: once the filesystem
+    is full, a write into a hole fails with ENOSPC (and a line in the
+    kernel log), never completes as if done, and leaves that range
+    reading zeros; what was written before reads back, written ranges
+    still take writes; once space is freed the hole takes the write."""
+    with small_fs("xfs", 3) as mp:
+        img = mp / "img"
+        size = 128 * MiB
+        with open(img, "wb") as f:
+            f.truncate(size)
+        dev = dmloop.create("sx", table(img, size))
+        try:
+            want = bytearray(size)
+            first = dmloop.random_bytes(MiB, 81)
+            dmloop.write_bytes(dev, first, offset=0, direct=True)
+            want[:MiB] = first
+            fill_up(mp / "filler")
+            late = dmloop.random_bytes(MiB, 82)
+            err, log = write_fails(dev, late, 100 * MiB)
+            assert err in (errno.ENOSPC, errno.EIO), os.strerror(err)
+            assert any("write into a hole" in line for line in log), log
+            assert status_fields("sx")["mode"] == "block"
+            again = dmloop.random_bytes(64 * KiB, 83)
+            dmloop.write_bytes(dev, again, offset=4 * KiB, direct=True)
+            want[4 * KiB:4 * KiB + len(again)] = again
+            assert dmloop.read_bytes(dev, size, direct=True) == want
+            os.unlink(mp / "filler")
+            dmloop.sync()
+            dmloop.write_bytes(dev, late, offset=100 * MiB, direct=True, fsync=True)
+            want[100 * MiB:101 * MiB] = late
+            assert dmloop.read_bytes(dev, size, direct=True) == want
+        finally:
+            dmloop.remove("sx")
+        dmloop.drop_caches()
+        assert dmloop.read_bytes(img, size) == want
+        xfs_repair_clean(mp)
+
+
+def test_a_shut_down_host_filesystem_fails_writes_into_holes():
+    """XFS shut down under a sparse file's device (xfs_io's `shutdown`,
+    as after a metadata I/O error): a write into a hole fails with an
+    error and a line in the kernel log, never completes; the device comes
+    down, and the filesystem unmounts, without a hang."""
+    with small_fs("xfs", 3) as mp:
+        img = mp / "img"
+        size = 16 * MiB
+        with open(img, "wb") as f:
+            f.truncate(size)
+        dev = dmloop.create("sx", table(img, size))
+        try:
+            dmloop.write_bytes(dev, dmloop.random_bytes(MiB, 84), offset=0, direct=True)
+            dmloop.run(["xfs_io", "-x", "-c", "shutdown", str(mp)])
+            err, log = write_fails(dev, dmloop.random_bytes(MiB, 85), 8 * MiB)
+            assert err == errno.EIO, os.strerror(err)
+            assert any("write into a hole" in line for line in log), log
+        finally:
+            dmloop.remove("sx")
