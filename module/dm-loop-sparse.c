@@ -398,6 +398,42 @@ static int loop_sparse_plan(struct loop_c *lc, struct bio *bio, unsigned int idx
 }
 
 /*
+ * Record the converted pieces (unwritten, their bio's data all landed) in
+ * the table as written: a run contiguous on the device and on the host is
+ * one range, one rebuild of the segments it covers and one copy of the
+ * index, not one for each piece.  Nothing in a batch remaps a sector that
+ * is not a hole (loop_sparse_alloc() fills holes only), so the order in
+ * which ranges are set does not change the result.
+ */
+static int loop_sparse_record(struct loop_c *lc, const struct loop_sparse_piece *pieces,
+			      unsigned int np, const int *status)
+{
+	sector_t pos = 0, len = 0, host = 0;
+	unsigned int i;
+	int r;
+
+	for (i = 0; i < np; i++) {
+		const struct loop_sparse_piece *p = &pieces[i];
+
+		if (!p->unwritten || status[p->bio])
+			continue;
+		if (len && p->pos == pos + len && p->host == host + len) {
+			len += p->len;
+			continue;
+		}
+		if (len) {
+			r = loop_table_set(lc, pos, len, host);
+			if (r)
+				return r;
+		}
+		pos = p->pos;
+		len = p->len;
+		host = p->host;
+	}
+	return len ? loop_table_set(lc, pos, len, host) : 0;
+}
+
+/*
  * Write @nr bios (@status[i] already set for those that failed or go
  * alone) in one batch: the data of all at once, then one flush and one
  * commit_blocks() for their unwritten ranges, then the table.
@@ -473,27 +509,34 @@ static void loop_sparse_batch(struct loop_c *lc, struct bio **bios, int *status,
 	for (i = 0; i < np; i++)
 		if (pieces[i].status)
 			status[pieces[i].bio] = blk_status_to_errno(pieces[i].status);
-	/* The unwritten pieces of the bios whose data all landed. */
+	/*
+	 * The unwritten pieces of the bios whose data all landed; one that
+	 * starts exactly where the last one taken ends joins it (bios of a
+	 * file filled in order: fewer conversion transactions, each over
+	 * more blocks).  A map is only ever the union of pieces taken, end
+	 * to end: converting a hole would make blocks written that hold
+	 * the disk's old contents.
+	 */
 	for (i = 0; i < np; i++) {
-		if (!pieces[i].unwritten || status[pieces[i].bio])
+		struct loop_sparse_piece *p = &pieces[i];
+		loff_t off = lc->offset + ((loff_t)p->pos << SECTOR_SHIFT);
+		u64 len = (u64)p->len << SECTOR_SHIFT;
+		loff_t end = nm ? maps[nm - 1].offset + (loff_t)maps[nm - 1].length : 0;
+
+		if (!p->unwritten || status[p->bio])
 			continue;
-		maps[nm++] = (struct iomap){
-			.offset = lc->offset + ((loff_t)pieces[i].pos << SECTOR_SHIFT),
-			.length = (u64)pieces[i].len << SECTOR_SHIFT,
-		};
+		if (nm && end == off)
+			maps[nm - 1].length += len;
+		else
+			maps[nm++] = (struct iomap){ .offset = off, .length = len };
 	}
 	if (!nm)
 		goto out;
 	r = blkdev_issue_flush(lc->host_bdev);
 	if (!r)
 		r = dmloop_commit_blocks(file_inode(lc->file), maps, nm);
-	/* Each range into the table: a segment and the index, each time. */
-	for (i = 0; !r && i < np; i++) {
-		struct loop_sparse_piece *p = &pieces[i];
-
-		if (p->unwritten && !status[p->bio])
-			r = loop_table_set(lc, p->pos, p->len, p->host);
-	}
+	if (!r)
+		r = loop_sparse_record(lc, pieces, np, status);
 	/* Not converted, or not in the table: reads may see zeros. */
 	for (i = 0; r && i < np; i++)
 		if (pieces[i].unwritten && !status[pieces[i].bio])
