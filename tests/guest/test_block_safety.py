@@ -84,10 +84,9 @@ def shared_fs(request, fstype):
 
 # ------------------------------------------------------------ unwritten extents
 
-def fill_free_space(mp, pattern):
-    """Write `pattern` over all the free space of `mp`, sync, delete it again:
-    every block the filesystem hands out next held `pattern` on disk."""
-    path = mp / "secret"
+def fill_up(path, pattern):
+    """Take all the free space of the filesystem that holds `path` with
+    the file `path`, `pattern` over and over, fsynced (the file is kept)."""
     chunk = pattern * (MiB // len(pattern))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
@@ -102,7 +101,13 @@ def fill_free_space(mp, pattern):
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.unlink(path)
+
+
+def fill_free_space(mp, pattern):
+    """Write `pattern` over all the free space of `mp`, sync, delete it again:
+    every block the filesystem hands out next held `pattern` on disk."""
+    fill_up(mp / "secret", pattern)
+    os.unlink(mp / "secret")
     dmloop.sync()
 
 

@@ -23,7 +23,7 @@ import dmloop
 import filemode_util as fm
 from safety_util import (FIEMAP_EXTENT_UNWRITTEN, MiB, assert_refused, debugfs_info, fiemap,
                          mount_source, read_host_blocks, status_fields, table, write_probe)
-from test_block_safety import SECRET, fill_free_space, small_fs
+from test_block_safety import SECRET, fill_free_space, fill_up, small_fs
 
 KiB = 1 << 10
 DEV = "/dev/mapper/sx"
@@ -398,8 +398,7 @@ def test_fio_verify_over_a_sparse_file(scratch_fs):
     mp = scratch_fs("xfs", dev=dmloop.scratch_disk(0))
     img = mp / "img"
     size = 64 * MiB
-    with open(img, "wb") as f:
-        f.truncate(size)
+    fm.make_sparse(img, size)
     dev = dmloop.create("sx", table(img, size))
     try:
         assert status_fields("sx")["reason"] == "holes:1/unwritten:0"
@@ -442,8 +441,7 @@ def test_power_cut_keeps_what_a_flush_covered_and_never_shows_stale_data(tmp_pat
         mounted = True
         fill_free_space(mp, SECRET)
         img = mp / "img"
-        with open(img, "wb") as f:
-            f.truncate(size)
+        fm.make_sparse(img, size)
         os.sync()
         dev = dmloop.create("sx", table(img, size))
         try:
@@ -493,24 +491,6 @@ def test_power_cut_keeps_what_a_flush_covered_and_never_shows_stale_data(tmp_pat
             dmloop.remove("sx-host")
 
 
-def fill_up(path):
-    """Take all of a filesystem's free space with the file `path` (kept)."""
-    chunk = b"\xa5" * MiB
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for piece in (chunk, chunk[:4096]):
-            while True:
-                try:
-                    os.write(fd, piece)
-                except OSError as e:
-                    if e.errno != errno.ENOSPC:
-                        raise
-                    break
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_fails(dev, data, offset):
     """A direct write that must fail: its errno, and the kernel log since."""
     pos = dmloop.kmsg_pos()
@@ -528,15 +508,14 @@ def test_a_full_host_filesystem_fails_a_write_into_a_hole_and_nothing_else():
     with small_fs("xfs", 3) as mp:
         img = mp / "img"
         size = 128 * MiB
-        with open(img, "wb") as f:
-            f.truncate(size)
+        fm.make_sparse(img, size)
         dev = dmloop.create("sx", table(img, size))
         try:
             want = bytearray(size)
             first = dmloop.random_bytes(MiB, 81)
             dmloop.write_bytes(dev, first, offset=0, direct=True)
             want[:MiB] = first
-            fill_up(mp / "filler")
+            fill_up(mp / "filler", b"\xa5")
             late = dmloop.random_bytes(MiB, 82)
             err, log = write_fails(dev, late, 100 * MiB)
             assert err in (errno.ENOSPC, errno.EIO), os.strerror(err)
@@ -566,8 +545,7 @@ def test_a_shut_down_host_filesystem_fails_writes_into_holes():
     with small_fs("xfs", 3) as mp:
         img = mp / "img"
         size = 16 * MiB
-        with open(img, "wb") as f:
-            f.truncate(size)
+        fm.make_sparse(img, size)
         dev = dmloop.create("sx", table(img, size))
         try:
             dmloop.write_bytes(dev, dmloop.random_bytes(MiB, 84), offset=0, direct=True)
